@@ -1,0 +1,1 @@
+//! sans-IO ICE agent (RFC 8445).

@@ -1,0 +1,1 @@
+//! uturn relay library.
