@@ -1,1 +1,2 @@
 //! uturn relay library.
+pub mod driver;

@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod channel_data;
+pub mod client;
 pub mod demux;
 pub mod stun;
+pub mod turn;
 
 pub use channel_data::ChannelNumber;
 pub use demux::{classify, PacketKind};

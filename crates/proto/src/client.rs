@@ -1,0 +1,1 @@
+//! Placeholder: the sans-IO STUN/TURN client lands here.
