@@ -110,7 +110,10 @@ mod tests {
 
     #[test]
     fn rejects_short_reserved_and_truncated() {
-        assert_eq!(ChannelData::parse(&[0x40, 0]), Err(ChannelDataError::TooShort));
+        assert_eq!(
+            ChannelData::parse(&[0x40, 0]),
+            Err(ChannelDataError::TooShort)
+        );
         assert_eq!(
             ChannelData::parse(&[0x50, 0, 0, 0]),
             Err(ChannelDataError::BadChannel)
@@ -120,7 +123,12 @@ mod tests {
             Err(ChannelDataError::Truncated)
         );
         // Longer than claimed: the excess is padding and is ignored.
-        assert_eq!(ChannelData::parse(&[0x40, 0, 0, 1, 9, 0, 0, 0]).unwrap().len, 1);
+        assert_eq!(
+            ChannelData::parse(&[0x40, 0, 0, 1, 9, 0, 0, 0])
+                .unwrap()
+                .len,
+            1
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use uturn_proto::stun::attr::*;
 use uturn_proto::stun::integrity::userhash;
 use uturn_proto::stun::{
-    Class, Encoder, IntegrityError, LongTermKey, Message, MessageType, Method,
-    PasswordAlgorithmId, TransactionId,
+    Class, Encoder, IntegrityError, LongTermKey, Message, MessageType, Method, PasswordAlgorithmId,
+    TransactionId,
 };
 use vectors::*;
 
@@ -40,7 +40,8 @@ fn rfc5769_sample_request_parses() {
     let types: Vec<u16> = m.attributes().map(|a| a.typ).collect();
     assert_eq!(types, SAMPLE_REQUEST_ATTRIBUTE_TYPES);
     assert!(m.unknown_attributes().is_empty());
-    m.verify_integrity(SAMPLE_REQUEST_PASSWORD.as_bytes()).unwrap();
+    m.verify_integrity(SAMPLE_REQUEST_PASSWORD.as_bytes())
+        .unwrap();
     m.check_fingerprint().unwrap();
     assert_eq!(
         m.verify_integrity(b"wrong password"),
@@ -180,7 +181,10 @@ fn rfc8489_b1_sha256_userhash() {
     );
     assert_eq!(key.as_bytes(), RFC8489_SAMPLE_REQUEST_LONG_TERM_SHA256_KEY);
     m.verify_integrity_sha256(key.as_bytes()).unwrap();
-    assert_eq!(m.verify_integrity(key.as_bytes()), Err(IntegrityError::Missing));
+    assert_eq!(
+        m.verify_integrity(key.as_bytes()),
+        Err(IntegrityError::Missing)
+    );
     let md5 = LongTermKey::derive(PasswordAlgorithmId::Md5, user, realm, "TheMatrIX");
     assert_eq!(
         m.verify_integrity_sha256(md5.as_bytes()),

@@ -675,7 +675,8 @@ impl<'a> Attribute<'a> for ErrorCode<'a> {
             return Err(ParseError::AttrLength(ERROR_CODE));
         }
         let code = decode_code(ERROR_CODE, v[2], v[3])?;
-        let reason = core::str::from_utf8(&v[4..]).map_err(|_| ParseError::AttrValue(ERROR_CODE))?;
+        let reason =
+            core::str::from_utf8(&v[4..]).map_err(|_| ParseError::AttrValue(ERROR_CODE))?;
         Ok(ErrorCode { code, reason })
     }
     fn value_len(&self) -> usize {
@@ -707,8 +708,8 @@ impl<'a> Attribute<'a> for AddressErrorCode<'a> {
         }
         let family = Family::from_number(v[0]).ok_or(ParseError::AttrValue(ADDRESS_ERROR_CODE))?;
         let code = decode_code(ADDRESS_ERROR_CODE, v[2], v[3])?;
-        let reason = core::str::from_utf8(&v[4..])
-            .map_err(|_| ParseError::AttrValue(ADDRESS_ERROR_CODE))?;
+        let reason =
+            core::str::from_utf8(&v[4..]).map_err(|_| ParseError::AttrValue(ADDRESS_ERROR_CODE))?;
         Ok(AddressErrorCode {
             family,
             code,
@@ -919,8 +920,14 @@ impl<'a> Iterator for PasswordAlgorithmsIter<'a> {
 impl<'a> PasswordAlgorithms<'a> {
     pub fn iter(&self) -> PasswordAlgorithmsIter<'a> {
         match *self {
-            PasswordAlgorithms::Wire(w) => PasswordAlgorithmsIter { wire: w, list: [].iter() },
-            PasswordAlgorithms::List(l) => PasswordAlgorithmsIter { wire: &[], list: l.iter() },
+            PasswordAlgorithms::Wire(w) => PasswordAlgorithmsIter {
+                wire: w,
+                list: [].iter(),
+            },
+            PasswordAlgorithms::List(l) => PasswordAlgorithmsIter {
+                wire: &[],
+                list: l.iter(),
+            },
         }
     }
 }

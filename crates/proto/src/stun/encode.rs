@@ -24,7 +24,11 @@ pub struct Encoder<'b> {
 }
 
 impl<'b> Encoder<'b> {
-    pub fn new(buf: &'b mut [u8], typ: MessageType, tid: TransactionId) -> Result<Self, EncodeError> {
+    pub fn new(
+        buf: &'b mut [u8],
+        typ: MessageType,
+        tid: TransactionId,
+    ) -> Result<Self, EncodeError> {
         if buf.len() < HEADER_LEN {
             return Err(EncodeError::BufferTooSmall);
         }

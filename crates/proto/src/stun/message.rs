@@ -4,7 +4,7 @@
 
 use super::attr::{types, Attribute, MessageIntegrity, MessageIntegritySha256};
 use super::error::{IntegrityError, ParseError};
-use super::header::{Class, Method, MessageType, TransactionId};
+use super::header::{Class, MessageType, Method, TransactionId};
 use super::integrity::{adjusted_len, hmac_sha1, hmac_sha256};
 use super::{fingerprint, padded, ATTR_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE};
 use subtle::ConstantTimeEq;
@@ -64,7 +64,9 @@ impl<'a> Iterator for RawIter<'a> {
         let at = self.at;
         let typ = u16::from_be_bytes([self.raw[at], self.raw[at + 1]]);
         let len = usize::from(u16::from_be_bytes([self.raw[at + 2], self.raw[at + 3]]));
-        let value = self.raw.get(at + ATTR_HEADER_LEN..at + ATTR_HEADER_LEN + len)?;
+        let value = self
+            .raw
+            .get(at + ATTR_HEADER_LEN..at + ATTR_HEADER_LEN + len)?;
         self.at = at + ATTR_HEADER_LEN + padded(len);
         Some(RawAttribute {
             typ,
@@ -135,7 +137,10 @@ impl<'a> Message<'a> {
                     true
                 }
                 (0 | 1, types::MESSAGE_INTEGRITY_SHA256) => {
-                    MessageIntegritySha256::decode(&raw[at + 4..at + 4 + vlen], &TransactionId::default())?;
+                    MessageIntegritySha256::decode(
+                        &raw[at + 4..at + 4 + vlen],
+                        &TransactionId::default(),
+                    )?;
                     msg.integrity_sha256 = Some(at);
                     stage = 2;
                     true

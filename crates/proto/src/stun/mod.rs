@@ -12,7 +12,7 @@ pub mod message;
 pub use attr::Attribute;
 pub use encode::Encoder;
 pub use error::{EncodeError, IntegrityError, ParseError};
-pub use header::{Class, Method, MessageType, TransactionId};
+pub use header::{Class, MessageType, Method, TransactionId};
 pub use integrity::{LongTermKey, PasswordAlgorithmId};
 pub use message::{Message, RawAttribute};
 

@@ -1,0 +1,77 @@
+//! What a [`super::Server`] needs to know; built by the relay binary from its own config.
+
+use super::auth::{Credentials, NonceKey};
+use super::policy::PeerPolicy;
+use core::net::IpAddr;
+use std::time::Duration;
+
+/// Settings of one server instance (one worker).
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// REALM (RFC 8489 section 14.9).
+    pub realm: String,
+    /// Static users and REST secrets.
+    pub credentials: Credentials,
+    /// Key for stateless nonces; the same on every worker so a nonce from one is valid on all.
+    pub nonce_key: NonceKey,
+    /// How long a nonce stays valid before a request gets 438.
+    pub nonce_validity: Duration,
+    /// Relay addresses: at most one IPv4 and one IPv6.
+    pub relay_v4: Option<IpAddr>,
+    pub relay_v6: Option<IpAddr>,
+    /// This worker's slice of the relay port range, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// RFC 8656 section 7.2: default 600 s, and the server's maximum (3600 s by default).
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    /// Permission and channel lifetimes (RFC 8656 sections 9 and 12): 300 s and 600 s.
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
+    /// Quotas (486 and 508).
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+    /// Optional bandwidth cap per allocation in bytes per second (both directions together).
+    pub bandwidth_limit: Option<u64>,
+    /// Which peers may be relayed to.
+    pub peer_policy: PeerPolicy,
+    /// SOFTWARE in responses (off by default: it tells attackers what to exploit).
+    pub software: Option<String>,
+    /// MAPPED-ADDRESS in Binding responses besides XOR-MAPPED-ADDRESS (off by default: larger
+    /// responses, more reflection gain).
+    pub mapped_address: bool,
+    /// Seed for port choice and reservation tokens; the driver seeds it from the OS.
+    pub seed: u64,
+}
+
+impl ServerConfig {
+    /// Defaults per RFC 8656 with the given realm, credentials and nonce key; relay addresses and
+    /// ports still have to be set.
+    pub fn new(realm: impl Into<String>, credentials: Credentials, nonce_key: NonceKey) -> Self {
+        ServerConfig {
+            realm: realm.into(),
+            credentials,
+            nonce_key,
+            nonce_validity: Duration::from_secs(600),
+            relay_v4: None,
+            relay_v6: None,
+            port_min: 49152,
+            port_max: 65535,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            max_allocations: 1_000_000,
+            max_allocations_per_user: 100_000,
+            max_permissions_per_allocation: 64,
+            max_channels_per_allocation: 64,
+            bandwidth_limit: None,
+            peer_policy: PeerPolicy::new(&super::policy::PeerPolicyConfig::default()),
+            software: None,
+            mapped_address: false,
+            seed: 0x5eed,
+        }
+    }
+}

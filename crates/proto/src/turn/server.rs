@@ -1,0 +1,1199 @@
+//! The TURN server state machine. See the module docs of [`super`] for the I/O contract.
+
+use super::allocation::{Allocation, Channel, Millis, PermitOutcome, Relay, TokenBucket};
+use super::auth::{check_nonce, make_nonce, AuthError, NonceStatus};
+use super::config::ServerConfig;
+use super::policy::canonical;
+use super::ports::PortPool;
+use super::relay::{OpenError, RelayId, RelaySockets};
+use super::response::{finish, start, start_error, Signer};
+use super::rng::Rng;
+use super::stats::{DropReason, Stats};
+use super::{FiveTuple, Now, Payload, Transmit, Transport, Via};
+use crate::channel_data::{self, ChannelData, ChannelNumber};
+use crate::demux::{classify, PacketKind};
+use crate::stun::attr::{
+    types, AdditionalAddressFamily, AddressErrorCode, DontFragment, EvenPort, Family, Lifetime,
+    MappedAddress, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, RequestedAddressFamily,
+    RequestedTransport, ReservationToken, Software, UnknownAttributes, Userhash, Username,
+    XorMappedAddress, XorPeerAddress, XorRelayedAddress,
+};
+use crate::stun::{
+    Class, EncodeError, Encoder, Message, Method, PasswordAlgorithmId, TransactionId, HEADER_LEN,
+    MAGIC_COOKIE,
+};
+use ahash::RandomState;
+use core::net::{IpAddr, SocketAddr};
+use core::ops::Range;
+use slab::Slab;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The algorithms offered in PASSWORD-ALGORITHMS, in order of preference (RFC 8489 section 9.2.1
+/// requires MD5 to be offered for compatibility; SHA-256 is preferred).
+const OFFERED: [PasswordAlgorithm<'static>; 2] =
+    [PasswordAlgorithm::SHA256, PasswordAlgorithm::MD5];
+
+/// How often expiries are swept. Lifetimes are minutes long; a second of slack is harmless and
+/// keeps the sweep off the packet path.
+const SWEEP_INTERVAL: Millis = 1000;
+
+/// How long a port kept for a RESERVATION-TOKEN waits for its Allocate (RFC 8656 section 14.9
+/// suggests about 30 seconds).
+const RESERVATION_LIFETIME: Millis = 30_000;
+
+/// Largest Data indication header in front of a payload: STUN header (20) + XOR-PEER-ADDRESS for
+/// IPv6 (4 + 20) + DATA header (4).
+pub const MAX_DATA_INDICATION_HEADER: usize = HEADER_LEN + 24 + 4;
+
+/// A request rejected before any state changed: the error code, and how to sign the answer.
+struct Reject {
+    code: u16,
+    signer: Option<Signer>,
+}
+
+impl Reject {
+    fn plain(code: u16) -> Self {
+        Reject { code, signer: None }
+    }
+}
+
+/// What authentication established about a request.
+struct Authenticated {
+    signer: Signer,
+    /// The username, resolved from USERNAME or USERHASH. Only Allocate needs it owned.
+    user: Box<str>,
+}
+
+#[derive(Debug)]
+struct Reservation {
+    token: [u8; 8],
+    family: Family,
+    port: u16,
+    expires: Millis,
+}
+
+/// One worker's TURN server.
+#[derive(Debug)]
+pub struct Server {
+    cfg: ServerConfig,
+    epoch: Instant,
+    allocations: Slab<Allocation>,
+    by_tuple: HashMap<FiveTuple, usize, RandomState>,
+    per_user: HashMap<Box<str>, usize, RandomState>,
+    ports_v4: PortPool,
+    ports_v6: PortPool,
+    reservations: Vec<Reservation>,
+    next_generation: u32,
+    next_sweep: Millis,
+    draining: bool,
+    rng: Rng,
+    stats: Stats,
+}
+
+impl Server {
+    pub fn new(cfg: ServerConfig, now: Instant) -> Self {
+        let rng = Rng::new(cfg.seed);
+        let ports_v4 = PortPool::new(cfg.port_min, cfg.port_max);
+        let ports_v6 = PortPool::new(cfg.port_min, cfg.port_max);
+        Server {
+            cfg,
+            epoch: now,
+            allocations: Slab::new(),
+            by_tuple: HashMap::with_hasher(RandomState::new()),
+            per_user: HashMap::with_hasher(RandomState::new()),
+            ports_v4,
+            ports_v6,
+            reservations: Vec::new(),
+            next_generation: 1,
+            next_sweep: SWEEP_INTERVAL,
+            draining: false,
+            rng,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Replaces credentials and peer policy (SIGHUP) without touching allocations.
+    pub fn reload(
+        &mut self,
+        credentials: super::auth::Credentials,
+        policy: super::policy::PeerPolicy,
+    ) {
+        self.cfg.credentials = credentials;
+        self.cfg.peer_policy = policy;
+    }
+
+    /// Stop taking new allocations (shutdown): Allocate is answered 508 from now on.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    fn millis(&self, t: Instant) -> Millis {
+        t.saturating_duration_since(self.epoch).as_millis() as Millis
+    }
+
+    fn dur(d: Duration) -> Millis {
+        d.as_millis() as Millis
+    }
+
+    /// When [`Server::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.allocations.is_empty() && self.reservations.is_empty() {
+            return None;
+        }
+        Some(self.epoch + Duration::from_millis(self.next_sweep))
+    }
+
+    /// Expires permissions, channels, allocations and port reservations.
+    pub fn handle_timeout<R: RelaySockets>(&mut self, now: Now, relays: &mut R) {
+        let t = self.millis(now.instant);
+        if t < self.next_sweep {
+            return;
+        }
+        self.next_sweep = t + SWEEP_INTERVAL;
+        let mut dead = Vec::new();
+        for (slot, a) in self.allocations.iter_mut() {
+            if a.expires <= t {
+                dead.push(slot);
+                continue;
+            }
+            let (p, c) = a.expire(t);
+            self.stats.permissions_active -= p as u64;
+            self.stats.channels_active -= c as u64;
+        }
+        for slot in dead {
+            self.remove_allocation(slot, relays);
+        }
+        let (v4, v6) = (&mut self.ports_v4, &mut self.ports_v6);
+        self.reservations.retain(|r| {
+            let keep = r.expires > t;
+            if !keep {
+                match r.family {
+                    Family::V4 => v4.release(r.port),
+                    Family::V6 => v6.release(r.port),
+                }
+            }
+            keep
+        });
+    }
+
+    fn remove_allocation<R: RelaySockets>(&mut self, slot: usize, relays: &mut R) {
+        if !self.allocations.contains(slot) {
+            return;
+        }
+        let a = self.allocations.remove(slot);
+        self.by_tuple.remove(&a.tuple);
+        if let Some(r) = a.relay_v4 {
+            relays.close(r.handle);
+            self.ports_v4.release(r.addr.port());
+        }
+        if let Some(r) = a.relay_v6 {
+            relays.close(r.handle);
+            self.ports_v6.release(r.addr.port());
+        }
+        if let Some(n) = self.per_user.get_mut(&a.user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&a.user);
+            }
+        }
+        self.stats.allocations_active -= 1;
+        self.stats.permissions_active -= a.permissions.len() as u64;
+        self.stats.channels_active -= a.channels.len() as u64;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Packets from clients.
+
+    /// A datagram from a client arrived on a listening socket (driver token `listener`). A
+    /// response is written into `out` (at least 1 KiB); [`Payload::Input`] ranges in the result
+    /// are relative to `datagram`.
+    pub fn handle_client<R: RelaySockets>(
+        &mut self,
+        now: Now,
+        listener: u32,
+        tuple: FiveTuple,
+        datagram: &[u8],
+        out: &mut [u8],
+        relays: &mut R,
+    ) -> Option<Transmit> {
+        match classify(datagram) {
+            PacketKind::ChannelData => self.client_channel_data(now, &tuple, datagram),
+            PacketKind::Stun => self.client_stun(now, listener, tuple, datagram, out, relays),
+            PacketKind::Other => {
+                self.stats.drop(DropReason::Malformed);
+                None
+            }
+        }
+    }
+
+    /// The fast path: ChannelData from a client goes to the bound peer as a sub-range of the
+    /// input buffer.
+    #[inline]
+    fn client_channel_data(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        data: &[u8],
+    ) -> Option<Transmit> {
+        let Ok(cd) = ChannelData::parse(data) else {
+            self.stats.drop(DropReason::Malformed);
+            return None;
+        };
+        let Some(&slot) = self.by_tuple.get(tuple) else {
+            self.stats.drop(DropReason::NoAllocation);
+            return None;
+        };
+        let t = self.millis(now.instant);
+        let a = &mut self.allocations[slot];
+        let Some(peer) = a.channel_peer(cd.channel, t) else {
+            self.stats.drop(DropReason::NoChannel);
+            return None;
+        };
+        let ip = peer.ip();
+        if !a.permits(&ip, t) {
+            self.stats.drop(DropReason::NoPermission);
+            return None;
+        }
+        let len = usize::from(cd.len);
+        if let Some(b) = a.bucket.as_mut() {
+            if !b.take(len, t) {
+                self.stats.drop(DropReason::Bandwidth);
+                return None;
+            }
+        }
+        let relay = a.relay_for(&ip)?;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += len as u64;
+        let start = channel_data::HEADER_LEN;
+        Some(Transmit {
+            via: Via::Relay(relay.handle),
+            to: peer,
+            payload: Payload::Input(start..start + len),
+        })
+    }
+
+    fn client_stun<R: RelaySockets>(
+        &mut self,
+        now: Now,
+        listener: u32,
+        tuple: FiveTuple,
+        data: &[u8],
+        out: &mut [u8],
+        relays: &mut R,
+    ) -> Option<Transmit> {
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.drop(DropReason::Malformed);
+                return None;
+            }
+        };
+        if msg.has_fingerprint() && msg.check_fingerprint().is_err() {
+            self.stats.drop(DropReason::BadFingerprint);
+            return None;
+        }
+        match msg.class() {
+            Class::Request => {}
+            Class::Indication if msg.method() == Method::SEND => {
+                return self.client_send(now, &tuple, &msg);
+            }
+            // Indications are never answered; responses arriving at a server are ignored
+            // (RFC 8489 section 6.3).
+            _ => {
+                self.stats.drop(DropReason::Ignored);
+                return None;
+            }
+        }
+        let method = msg.method();
+        let result = match method {
+            Method::BINDING => self.binding(&tuple, &msg, out),
+            Method::ALLOCATE
+            | Method::REFRESH
+            | Method::CREATE_PERMISSION
+            | Method::CHANNEL_BIND => self.turn_request(now, listener, &tuple, &msg, out, relays),
+            _ => Err(Reject::plain(400)),
+        };
+        let len = match result {
+            Ok(n) => {
+                self.stats.request(method, None);
+                n
+            }
+            Err(rej) => {
+                self.stats.request(method, Some(rej.code));
+                self.error_response(now, &tuple, &msg, rej, out).ok()?
+            }
+        };
+        Some(Transmit {
+            via: Via::Listener(listener),
+            to: tuple.client,
+            payload: Payload::Output(len),
+        })
+    }
+
+    /// Writes an error response. 401 and 438 carry a fresh NONCE, the REALM and the offered
+    /// password algorithms; 420 lists the unknown attributes.
+    fn error_response(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        rej: Reject,
+        out: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        let mut e = start_error(out, msg.method(), msg.transaction_id(), rej.code)?;
+        match rej.code {
+            401 | 438 => {
+                let nonce = make_nonce(&self.cfg.nonce_key, tuple.client, now.unix_secs);
+                e.add(&Realm(&self.cfg.realm))?;
+                e.add(&Nonce(nonce.as_str()))?;
+                e.add(&PasswordAlgorithms::List(&OFFERED))?;
+            }
+            420 => {
+                e.add(&UnknownAttributes::List(msg.unknown_attributes()))?;
+            }
+            _ => {}
+        }
+        self.software(&mut e)?;
+        finish(e, rej.signer.as_ref(), msg.has_fingerprint())
+    }
+
+    fn software(&self, e: &mut Encoder<'_>) -> Result<(), EncodeError> {
+        match &self.cfg.software {
+            Some(s) => e.add(&Software(s)),
+            None => Ok(()),
+        }
+    }
+
+    /// Binding (RFC 8489 section 6.3.1): reflect the client's address.
+    fn binding(
+        &self,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> Result<usize, Reject> {
+        if !msg.unknown_attributes().is_empty() {
+            return Err(Reject::plain(420));
+        }
+        let mut build = || -> Result<usize, EncodeError> {
+            let mut e = start(out, Method::BINDING, true, msg.transaction_id())?;
+            e.add(&XorMappedAddress(tuple.client))?;
+            if self.cfg.mapped_address {
+                e.add(&MappedAddress(tuple.client))?;
+            }
+            self.software(&mut e)?;
+            finish(e, None, msg.has_fingerprint())
+        };
+        build().map_err(|_| Reject::plain(500))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Authenticated TURN requests.
+
+    fn turn_request<R: RelaySockets>(
+        &mut self,
+        now: Now,
+        listener: u32,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+        relays: &mut R,
+    ) -> Result<usize, Reject> {
+        let auth = self.authenticate(now, tuple, msg)?;
+        let signer = Some(auth.signer);
+        let with = |code: u16| Reject { code, signer };
+        if !msg.unknown_attributes().is_empty() {
+            return Err(with(420));
+        }
+        let slot = self.by_tuple.get(tuple).copied();
+        // RFC 8656 section 5: requests on an existing allocation must come from its user.
+        if let Some(s) = slot {
+            if *self.allocations[s].user != *auth.user {
+                return Err(with(441));
+            }
+        }
+        let t = self.millis(now.instant);
+        match msg.method() {
+            Method::ALLOCATE => self.allocate(t, listener, tuple, msg, slot, auth, out, relays),
+            Method::REFRESH => {
+                let slot = slot.ok_or(with(437))?;
+                self.refresh(t, slot, msg, &auth.signer, out, relays)
+            }
+            Method::CREATE_PERMISSION => {
+                let slot = slot.ok_or(with(437))?;
+                self.create_permission(t, slot, msg, &auth.signer, out)
+            }
+            _ => {
+                let slot = slot.ok_or(with(437))?;
+                self.channel_bind(t, slot, msg, &auth.signer, out)
+            }
+        }
+    }
+
+    /// Long-term credential check (RFC 8489 section 9.2.4), before any state changes.
+    fn authenticate(
+        &mut self,
+        now: Now,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+    ) -> Result<Authenticated, Reject> {
+        let sha256 = msg.has_integrity_sha256();
+        if !msg.has_integrity() && !sha256 {
+            return Err(Reject::plain(401));
+        }
+        let bad = Reject::plain(400);
+        let username = msg.get::<Username<'_>>().map_err(|_| Reject::plain(400))?;
+        let userhash = msg.get::<Userhash>().map_err(|_| Reject::plain(400))?;
+        let realm = msg.get::<Realm<'_>>().map_err(|_| Reject::plain(400))?;
+        let nonce = msg.get::<Nonce<'_>>().map_err(|_| Reject::plain(400))?;
+        let (Some(_realm), Some(nonce)) = (realm, nonce) else {
+            return Err(bad);
+        };
+        if username.is_none() && userhash.is_none() {
+            return Err(Reject::plain(400));
+        }
+        let validity = self.cfg.nonce_validity.as_secs();
+        match check_nonce(
+            &self.cfg.nonce_key,
+            tuple.client,
+            nonce.0,
+            now.unix_secs,
+            validity,
+        ) {
+            NonceStatus::Valid => {}
+            NonceStatus::Stale | NonceStatus::Invalid => return Err(Reject::plain(438)),
+        }
+        let alg = self.password_algorithm(msg)?;
+        let user: &str = match (username, userhash) {
+            (Some(u), _) => u.0,
+            (None, Some(h)) => match self.cfg.credentials.user_for_hash(&h.0) {
+                Some(u) => u,
+                None => {
+                    self.stats.auth_failures += 1;
+                    return Err(Reject::plain(401));
+                }
+            },
+            (None, None) => return Err(Reject::plain(400)),
+        };
+        let user: Box<str> = user.into();
+        let keys = match self.cfg.credentials.keys(&user, alg, now.unix_secs) {
+            Ok(k) => k,
+            Err(AuthError::UnknownUser | AuthError::Expired | AuthError::Malformed) => {
+                self.stats.auth_failures += 1;
+                return Err(Reject::plain(401));
+            }
+        };
+        let verified = keys.as_slice().iter().find(|k| {
+            if sha256 {
+                msg.verify_integrity_sha256(k.as_bytes()).is_ok()
+            } else {
+                msg.verify_integrity(k.as_bytes()).is_ok()
+            }
+        });
+        match verified {
+            Some(key) => Ok(Authenticated {
+                signer: Signer { key: *key, sha256 },
+                user,
+            }),
+            None => {
+                self.stats.auth_failures += 1;
+                Err(Reject::plain(401))
+            }
+        }
+    }
+
+    /// PASSWORD-ALGORITHM negotiation (RFC 8489 section 9.2.4, bid-down protection): if the
+    /// client names an algorithm, it must also echo our PASSWORD-ALGORITHMS unchanged.
+    fn password_algorithm(&self, msg: &Message<'_>) -> Result<PasswordAlgorithmId, Reject> {
+        let algs = msg
+            .get::<PasswordAlgorithms<'_>>()
+            .map_err(|_| Reject::plain(400))?;
+        let alg = msg
+            .get::<PasswordAlgorithm<'_>>()
+            .map_err(|_| Reject::plain(400))?;
+        match (algs, alg) {
+            (None, None) => Ok(PasswordAlgorithmId::Md5),
+            (Some(list), Some(a)) => {
+                if list != PasswordAlgorithms::List(&OFFERED) || !OFFERED.contains(&a) {
+                    return Err(Reject::plain(400));
+                }
+                PasswordAlgorithmId::from_number(a.algorithm).ok_or(Reject::plain(400))
+            }
+            _ => Err(Reject::plain(400)),
+        }
+    }
+
+    /// Allocate (RFC 8656 section 7.2).
+    #[allow(clippy::too_many_arguments)]
+    fn allocate<R: RelaySockets>(
+        &mut self,
+        t: Millis,
+        listener: u32,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        existing: Option<usize>,
+        auth: Authenticated,
+        out: &mut [u8],
+        relays: &mut R,
+    ) -> Result<usize, Reject> {
+        let signer = auth.signer;
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(signer),
+        };
+        let tid = msg.transaction_id();
+        if let Some(slot) = existing {
+            // A retransmitted Allocate gets the same success again; anything else is 437.
+            if self.allocations[slot].allocate_tid == tid {
+                return self.allocate_success(t, slot, msg, &signer, None, out);
+            }
+            return Err(with(437));
+        }
+        if self.draining {
+            return Err(with(508));
+        }
+        let bad = || with(400);
+        match msg.get::<RequestedTransport>().map_err(|_| bad())? {
+            None => return Err(bad()),
+            Some(RequestedTransport::UDP) => {}
+            // TCP allocations (RFC 6062) are not offered yet.
+            Some(_) => return Err(with(442)),
+        }
+        let dont_fragment = msg.get::<DontFragment>().map_err(|_| bad())?.is_some();
+        let even = msg.get::<EvenPort>().map_err(|_| bad())?;
+        let token = msg.get::<ReservationToken>().map_err(|_| bad())?;
+        let requested = msg.get::<RequestedAddressFamily>().map_err(|_| bad())?;
+        let additional = msg.get::<AdditionalAddressFamily>().map_err(|_| bad())?;
+        // RFC 8656 section 7.2 rules 4-7: the combinations that are malformed.
+        if token.is_some() && (even.is_some() || requested.is_some() || additional.is_some()) {
+            return Err(bad());
+        }
+        if requested.is_some() && additional.is_some() {
+            return Err(bad());
+        }
+        if let Some(AdditionalAddressFamily(f)) = additional {
+            if f != Family::V6 {
+                return Err(bad());
+            }
+        }
+        // Quotas (486) before any resource is taken.
+        if self.allocations.len() >= self.cfg.max_allocations {
+            return Err(with(486));
+        }
+        let user_count = self.per_user.get(&auth.user).copied().unwrap_or(0);
+        if user_count >= self.cfg.max_allocations_per_user {
+            return Err(with(486));
+        }
+
+        // A reserved port (EVEN-PORT with R earlier) fixes the family; otherwise the requested
+        // one, IPv4 by default, plus IPv6 for a dual allocation (RFC 8656 section 7.2).
+        let reservation = match token {
+            Some(ReservationToken(tok)) => {
+                let Some(i) = self.reservations.iter().position(|r| r.token == tok) else {
+                    return Err(with(508));
+                };
+                Some(self.reservations.swap_remove(i))
+            }
+            None => None,
+        };
+        let primary = match (&reservation, requested) {
+            (Some(r), _) => r.family,
+            (None, Some(RequestedAddressFamily(f))) => f,
+            (None, None) => Family::V4,
+        };
+        let has = |f: Family| match f {
+            Family::V4 => self.cfg.relay_v4.is_some(),
+            Family::V6 => self.cfg.relay_v6.is_some(),
+        };
+        if !has(primary) {
+            return Err(with(440));
+        }
+        let mut families: smallvec::SmallVec<[Family; 2]> = smallvec::smallvec![primary];
+        let mut address_error = None;
+        if additional.is_some() {
+            if has(Family::V6) {
+                families.push(Family::V6);
+            } else {
+                address_error = Some(Family::V6);
+            }
+        }
+
+        let slot = self.allocations.vacant_key();
+        let generation = self.next_generation;
+        let mut relay_v4 = None;
+        let mut relay_v6 = None;
+        let mut reservation_out = None;
+        for (i, &f) in families.iter().enumerate() {
+            let reserved_port = if i == 0 {
+                reservation.as_ref().map(|r| r.port)
+            } else {
+                None
+            };
+            let want_even = even.is_some() && i == 0;
+            let opened = self.open_relay(
+                slot,
+                generation,
+                f,
+                reserved_port,
+                want_even,
+                dont_fragment,
+                relays,
+            );
+            match opened {
+                Ok(r) => {
+                    if want_even && even.is_some_and(|e| e.reserve) {
+                        reservation_out = self.reserve_next(f, r.addr.port(), t);
+                    }
+                    match f {
+                        Family::V4 => relay_v4 = Some(r),
+                        Family::V6 => relay_v6 = Some(r),
+                    }
+                }
+                Err(code) => {
+                    // Undo what this Allocate already opened.
+                    for r in [relay_v4.take(), relay_v6.take()].into_iter().flatten() {
+                        relays.close(r.handle);
+                        self.pool(&r.addr.ip()).release(r.addr.port());
+                    }
+                    return Err(with(code));
+                }
+            }
+        }
+
+        let lifetime = self.desired_lifetime(msg).map_err(|_| bad())?.max(1);
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let a = Allocation {
+            tuple: *tuple,
+            listener,
+            user: auth.user.clone(),
+            generation,
+            relay_v4,
+            relay_v6,
+            expires: t + lifetime,
+            allocate_tid: tid,
+            reservation_token: reservation_out,
+            permissions: Default::default(),
+            channels: Default::default(),
+            bucket: self.cfg.bandwidth_limit.map(|r| TokenBucket::new(r, t)),
+        };
+        let inserted = self.allocations.insert(a);
+        debug_assert_eq!(inserted, slot);
+        self.by_tuple.insert(*tuple, slot);
+        *self.per_user.entry(auth.user).or_insert(0) += 1;
+        self.stats.allocations_active += 1;
+        self.stats.allocations_total += 1;
+        self.allocate_success(t, slot, msg, &signer, address_error, out)
+    }
+
+    fn pool(&mut self, ip: &IpAddr) -> &mut PortPool {
+        match ip {
+            IpAddr::V4(_) => &mut self.ports_v4,
+            IpAddr::V6(_) => &mut self.ports_v6,
+        }
+    }
+
+    /// Opens one relay socket: a reserved port, or random ports until one binds.
+    #[allow(clippy::too_many_arguments)]
+    fn open_relay<R: RelaySockets>(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        family: Family,
+        reserved: Option<u16>,
+        even: bool,
+        dont_fragment: bool,
+        relays: &mut R,
+    ) -> Result<Relay, u16> {
+        let ip = match family {
+            Family::V4 => self.cfg.relay_v4,
+            Family::V6 => self.cfg.relay_v6,
+        }
+        .ok_or(440u16)?;
+        let id = RelayId::new(slot, generation, family == Family::V6);
+        // A few attempts: another process may hold some ports of our range.
+        let mut tried = [0u16; 8];
+        for attempt in 0..tried.len() {
+            let port = match reserved {
+                Some(p) if attempt == 0 => p,
+                Some(_) => return Err(508),
+                None => {
+                    let Some(p) = ({
+                        let rng = &mut self.rng;
+                        let pool = match family {
+                            Family::V4 => &mut self.ports_v4,
+                            Family::V6 => &mut self.ports_v6,
+                        };
+                        pool.take_random(rng, even, &tried[..attempt])
+                    }) else {
+                        self.stats.relay_open_failures += 1;
+                        return Err(508);
+                    };
+                    p
+                }
+            };
+            tried[attempt] = port;
+            let addr = SocketAddr::new(ip, port);
+            match relays.open(addr, id, dont_fragment) {
+                Ok(handle) => return Ok(Relay { addr, handle }),
+                Err(OpenError::AddrInUse) => {
+                    // Leave the port marked used: someone else has it. It is freed for reuse
+                    // only when the pool is rebuilt, which keeps us from retrying it forever.
+                    continue;
+                }
+                Err(OpenError::Exhausted | OpenError::Other) => {
+                    self.pool(&ip).release(port);
+                    self.stats.relay_open_failures += 1;
+                    return Err(508);
+                }
+            }
+        }
+        self.stats.relay_open_failures += 1;
+        Err(508)
+    }
+
+    /// EVEN-PORT with R: keep port + 1 for a later Allocate carrying the token.
+    fn reserve_next(&mut self, family: Family, port: u16, t: Millis) -> Option<[u8; 8]> {
+        let next = port.checked_add(1)?;
+        let pool = match family {
+            Family::V4 => &mut self.ports_v4,
+            Family::V6 => &mut self.ports_v6,
+        };
+        if !pool.take(next) {
+            return None;
+        }
+        let mut token = [0u8; 8];
+        self.rng.fill(&mut token);
+        self.reservations.push(Reservation {
+            token,
+            family,
+            port: next,
+            expires: t + RESERVATION_LIFETIME,
+        });
+        Some(token)
+    }
+
+    /// RFC 8656 section 7.3 "desired lifetime": the requested value clamped to
+    /// [default, maximum]; the default when absent. Zero stays zero (Refresh deletes).
+    fn desired_lifetime(&self, msg: &Message<'_>) -> Result<Millis, crate::stun::ParseError> {
+        let default = Self::dur(self.cfg.default_lifetime);
+        let max = Self::dur(self.cfg.max_lifetime);
+        Ok(match msg.get::<Lifetime>()? {
+            Some(Lifetime(0)) => 0,
+            Some(Lifetime(s)) => (u64::from(s) * 1000).min(max).max(default.min(max)),
+            None => default.min(max),
+        })
+    }
+
+    fn allocate_success(
+        &self,
+        t: Millis,
+        slot: usize,
+        msg: &Message<'_>,
+        signer: &Signer,
+        address_error: Option<Family>,
+        out: &mut [u8],
+    ) -> Result<usize, Reject> {
+        let a = &self.allocations[slot];
+        let remaining = (a.expires.saturating_sub(t) / 1000) as u32;
+        let mut build = || -> Result<usize, EncodeError> {
+            let mut e = start(out, Method::ALLOCATE, true, msg.transaction_id())?;
+            for r in [a.relay_v4, a.relay_v6].into_iter().flatten() {
+                e.add(&XorRelayedAddress(r.addr))?;
+            }
+            if let Some(f) = address_error {
+                e.add(&AddressErrorCode {
+                    family: f,
+                    code: 440,
+                    reason: super::response::reason(440),
+                })?;
+            }
+            e.add(&Lifetime(remaining))?;
+            if let Some(tok) = a.reservation_token {
+                e.add(&ReservationToken(tok))?;
+            }
+            e.add(&XorMappedAddress(a.tuple.client))?;
+            self.software(&mut e)?;
+            finish(e, Some(signer), msg.has_fingerprint())
+        };
+        build().map_err(|_| Reject::plain(500))
+    }
+
+    /// Refresh (RFC 8656 section 7.3). Lifetime 0 deletes at once: the relay sockets close now,
+    /// so the relay port stops forwarding before the response is even sent.
+    fn refresh<R: RelaySockets>(
+        &mut self,
+        t: Millis,
+        slot: usize,
+        msg: &Message<'_>,
+        signer: &Signer,
+        out: &mut [u8],
+        relays: &mut R,
+    ) -> Result<usize, Reject> {
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(*signer),
+        };
+        if let Some(RequestedAddressFamily(f)) =
+            msg.get::<RequestedAddressFamily>().map_err(|_| with(400))?
+        {
+            let a = &self.allocations[slot];
+            let has = match f {
+                Family::V4 => a.relay_v4.is_some(),
+                Family::V6 => a.relay_v6.is_some(),
+            };
+            if !has {
+                return Err(with(443));
+            }
+        }
+        let lifetime = self.desired_lifetime(msg).map_err(|_| with(400))?;
+        if lifetime == 0 {
+            self.remove_allocation(slot, relays);
+        } else {
+            self.allocations[slot].expires = t + lifetime;
+        }
+        let mut build = || -> Result<usize, EncodeError> {
+            let mut e = start(out, Method::REFRESH, true, msg.transaction_id())?;
+            e.add(&Lifetime((lifetime / 1000) as u32))?;
+            self.software(&mut e)?;
+            finish(e, Some(signer), msg.has_fingerprint())
+        };
+        build().map_err(|_| Reject::plain(500))
+    }
+
+    /// Checks one XOR-PEER-ADDRESS against the allocation's families and the peer policy;
+    /// returns the canonical peer.
+    fn check_peer(
+        &self,
+        slot: usize,
+        peer: SocketAddr,
+        signer: &Signer,
+    ) -> Result<SocketAddr, Reject> {
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(*signer),
+        };
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        if self.allocations[slot].relay_for(&peer.ip()).is_none() {
+            return Err(with(443));
+        }
+        if !self.cfg.peer_policy.permits_ip(peer.ip()) {
+            return Err(with(403));
+        }
+        Ok(peer)
+    }
+
+    /// CreatePermission (RFC 8656 section 9.2): all peers are checked before any is installed.
+    fn create_permission(
+        &mut self,
+        t: Millis,
+        slot: usize,
+        msg: &Message<'_>,
+        signer: &Signer,
+        out: &mut [u8],
+    ) -> Result<usize, Reject> {
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(*signer),
+        };
+        let mut peers: smallvec::SmallVec<[IpAddr; 4]> = smallvec::SmallVec::new();
+        for p in msg.get_all::<XorPeerAddress>() {
+            let XorPeerAddress(p) = p.map_err(|_| with(400))?;
+            let ip = self.check_peer(slot, p, signer)?.ip();
+            if !peers.contains(&ip) {
+                peers.push(ip);
+            }
+            if peers.len() > self.cfg.max_permissions_per_allocation {
+                return Err(with(508));
+            }
+        }
+        if peers.is_empty() {
+            return Err(with(400));
+        }
+        let max = self.cfg.max_permissions_per_allocation;
+        let a = &self.allocations[slot];
+        let new = peers
+            .iter()
+            .filter(|ip| !a.permissions.iter().any(|p| p.ip == **ip))
+            .count();
+        if a.permissions.len() + new > max {
+            return Err(with(508));
+        }
+        let expires = t + Self::dur(self.cfg.permission_lifetime);
+        let a = &mut self.allocations[slot];
+        for ip in peers {
+            if a.permit(ip, expires, max) == PermitOutcome::Created {
+                self.stats.permissions_active += 1;
+            }
+        }
+        self.empty_success(Method::CREATE_PERMISSION, msg, signer, out)
+    }
+
+    /// ChannelBind (RFC 8656 section 11.2).
+    fn channel_bind(
+        &mut self,
+        t: Millis,
+        slot: usize,
+        msg: &Message<'_>,
+        signer: &Signer,
+        out: &mut [u8],
+    ) -> Result<usize, Reject> {
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(*signer),
+        };
+        // A CHANNEL-NUMBER outside 0x4000-0x4FFF fails to decode: 400, as the RFC asks.
+        let number = msg
+            .get::<ChannelNumber>()
+            .map_err(|_| with(400))?
+            .ok_or(with(400))?;
+        let XorPeerAddress(peer) = msg
+            .get::<XorPeerAddress>()
+            .map_err(|_| with(400))?
+            .ok_or(with(400))?;
+        let peer = self.check_peer(slot, peer, signer)?;
+        if !self.cfg.peer_policy.permits_addr(peer) {
+            return Err(with(403));
+        }
+        let a = &self.allocations[slot];
+        // The number must not be bound to another peer, nor the peer to another number.
+        for c in &a.channels {
+            if (c.number == number) != (c.peer == peer) {
+                return Err(with(400));
+            }
+        }
+        let exists = a.channels.iter().any(|c| c.number == number);
+        let max_p = self.cfg.max_permissions_per_allocation;
+        if !exists && a.channels.len() >= self.cfg.max_channels_per_allocation {
+            return Err(with(508));
+        }
+        if a.permissions.len() >= max_p && !a.permissions.iter().any(|p| p.ip == peer.ip()) {
+            return Err(with(508));
+        }
+        let c_exp = t + Self::dur(self.cfg.channel_lifetime);
+        let p_exp = t + Self::dur(self.cfg.permission_lifetime);
+        let a = &mut self.allocations[slot];
+        match a.channels.iter_mut().find(|c| c.number == number) {
+            Some(c) => c.expires = c_exp,
+            None => {
+                a.channels.push(Channel {
+                    number,
+                    peer,
+                    expires: c_exp,
+                });
+                self.stats.channels_active += 1;
+            }
+        }
+        // Binding a channel installs or refreshes the permission for the peer's IP too.
+        if a.permit(peer.ip(), p_exp, max_p) == PermitOutcome::Created {
+            self.stats.permissions_active += 1;
+        }
+        self.empty_success(Method::CHANNEL_BIND, msg, signer, out)
+    }
+
+    fn empty_success(
+        &self,
+        method: Method,
+        msg: &Message<'_>,
+        signer: &Signer,
+        out: &mut [u8],
+    ) -> Result<usize, Reject> {
+        let mut build = || -> Result<usize, EncodeError> {
+            let mut e = start(out, method, true, msg.transaction_id())?;
+            self.software(&mut e)?;
+            finish(e, Some(signer), msg.has_fingerprint())
+        };
+        build().map_err(|_| Reject::plain(500))
+    }
+
+    /// Send indication (RFC 8656 section 10.2): forward the DATA value in place; any problem is a
+    /// silent drop.
+    fn client_send(&mut self, now: Now, tuple: &FiveTuple, msg: &Message<'_>) -> Option<Transmit> {
+        let Some(&slot) = self.by_tuple.get(tuple) else {
+            self.stats.drop(DropReason::NoAllocation);
+            return None;
+        };
+        let peer = match msg.get::<XorPeerAddress>() {
+            Ok(Some(XorPeerAddress(p))) => SocketAddr::new(canonical(p.ip()), p.port()),
+            _ => {
+                self.stats.drop(DropReason::Malformed);
+                return None;
+            }
+        };
+        let Some(data) = msg.attributes().find(|a| a.typ == types::DATA) else {
+            self.stats.drop(DropReason::Malformed);
+            return None;
+        };
+        if !self.cfg.peer_policy.permits_addr(peer) {
+            self.stats.drop(DropReason::PeerRefused);
+            return None;
+        }
+        let t = self.millis(now.instant);
+        let a = &mut self.allocations[slot];
+        if !a.permits(&peer.ip(), t) {
+            self.stats.drop(DropReason::NoPermission);
+            return None;
+        }
+        let len = data.value.len();
+        if let Some(b) = a.bucket.as_mut() {
+            if !b.take(len, t) {
+                self.stats.drop(DropReason::Bandwidth);
+                return None;
+            }
+        }
+        let Some(relay) = a.relay_for(&peer.ip()) else {
+            self.stats.drop(DropReason::PeerRefused);
+            return None;
+        };
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += len as u64;
+        let start = data.offset + crate::stun::ATTR_HEADER_LEN;
+        Some(Transmit {
+            via: Via::Relay(relay.handle),
+            to: peer,
+            payload: Payload::Input(start..start + len),
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Packets from peers.
+
+    /// A datagram from `from` arrived on relay socket `relay`. `buf[range]` is the payload and
+    /// the bytes before `range.start` are free headroom (at least
+    /// [`MAX_DATA_INDICATION_HEADER`]) and 3 bytes after `range.end` free tailroom: the
+    /// ChannelData or Data indication header is written there in place, and the transmit is a
+    /// range of `buf`. With less room, the message is built in `out` instead (a copy).
+    pub fn handle_peer(
+        &mut self,
+        now: Now,
+        relay: RelayId,
+        from: SocketAddr,
+        buf: &mut [u8],
+        range: Range<usize>,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        let t = self.millis(now.instant);
+        let Some(a) = self.allocations.get_mut(relay.slot()) else {
+            self.stats.drop(DropReason::StaleRelay);
+            return None;
+        };
+        if a.generation != relay.generation() {
+            self.stats.drop(DropReason::StaleRelay);
+            return None;
+        }
+        let from = SocketAddr::new(canonical(from.ip()), from.port());
+        if !a.permits(&from.ip(), t) {
+            self.stats.drop(DropReason::NoPermission);
+            return None;
+        }
+        let len = range.len();
+        if let Some(b) = a.bucket.as_mut() {
+            if !b.take(len, t) {
+                self.stats.drop(DropReason::Bandwidth);
+                return None;
+            }
+        }
+        let via = Via::Listener(a.listener);
+        let to = a.tuple.client;
+        let stream = a.tuple.transport != Transport::Udp;
+        let channel = a.channel_for_peer(&from, t);
+        let payload = match channel {
+            Some(ch) => write_channel_data(buf, range, ch, stream, out)?,
+            None => {
+                let mut tid = [0u8; 12];
+                self.rng.fill(&mut tid);
+                write_data_indication(buf, range, from, TransactionId(tid), out)?
+            }
+        };
+        self.stats.packets_to_client += 1;
+        self.stats.bytes_to_client += len as u64;
+        Some(Transmit { via, to, payload })
+    }
+}
+
+/// Prepends the 4-byte ChannelData header in place (RFC 8656 section 12.4); on stream transports
+/// the message is padded to a multiple of 4 (section 12.5).
+fn write_channel_data(
+    buf: &mut [u8],
+    range: Range<usize>,
+    ch: ChannelNumber,
+    stream: bool,
+    out: &mut [u8],
+) -> Option<Payload> {
+    let len = range.len();
+    let len16 = u16::try_from(len).ok()?;
+    let pad = if stream {
+        crate::stun::padded(len) - len
+    } else {
+        0
+    };
+    let mut hdr = [0u8; channel_data::HEADER_LEN];
+    channel_data::write_header(&mut hdr, ch, len16);
+    if range.start >= channel_data::HEADER_LEN && range.end + pad <= buf.len() {
+        let start = range.start - channel_data::HEADER_LEN;
+        buf[start..range.start].copy_from_slice(&hdr);
+        buf[range.end..range.end + pad].fill(0);
+        return Some(Payload::Input(start..range.end + pad));
+    }
+    // Not enough room around the payload: build it in `out` (a copy, off the fast path).
+    let total = channel_data::HEADER_LEN + len + pad;
+    let o = out.get_mut(..total)?;
+    o[..4].copy_from_slice(&hdr);
+    o[4..4 + len].copy_from_slice(&buf[range]);
+    o[4 + len..].fill(0);
+    Some(Payload::Output(total))
+}
+
+/// Builds a Data indication (RFC 8656 section 11.6) around the payload in place: STUN header,
+/// XOR-PEER-ADDRESS and the DATA attribute header in the headroom, padding in the tailroom.
+fn write_data_indication(
+    buf: &mut [u8],
+    range: Range<usize>,
+    peer: SocketAddr,
+    tid: TransactionId,
+    out: &mut [u8],
+) -> Option<Payload> {
+    use crate::stun::attr::Attribute;
+    let len = range.len();
+    let peer_attr = XorPeerAddress(peer);
+    let hdr_len = HEADER_LEN + 4 + peer_attr.value_len() + 4;
+    let pad = crate::stun::padded(len) - len;
+    let body = hdr_len - HEADER_LEN + len + pad;
+    let body16 = u16::try_from(body).ok()?;
+    let write_header = |h: &mut [u8]| {
+        let typ = crate::stun::MessageType::new(Method::DATA, Class::Indication).to_u16();
+        h[..2].copy_from_slice(&typ.to_be_bytes());
+        h[2..4].copy_from_slice(&body16.to_be_bytes());
+        h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        h[8..20].copy_from_slice(&tid.0);
+        h[20..22].copy_from_slice(&types::XOR_PEER_ADDRESS.to_be_bytes());
+        h[22..24].copy_from_slice(&(peer_attr.value_len() as u16).to_be_bytes());
+        let v = 24 + peer_attr.value_len();
+        peer_attr.encode(&mut h[24..v], &tid);
+        h[v..v + 2].copy_from_slice(&types::DATA.to_be_bytes());
+        h[v + 2..v + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    };
+    if range.start >= hdr_len && range.end + pad <= buf.len() {
+        let start = range.start - hdr_len;
+        write_header(&mut buf[start..range.start]);
+        buf[range.end..range.end + pad].fill(0);
+        return Some(Payload::Input(start..range.end + pad));
+    }
+    let total = hdr_len + len + pad;
+    let o = out.get_mut(..total)?;
+    write_header(&mut o[..hdr_len]);
+    o[hdr_len..hdr_len + len].copy_from_slice(&buf[range]);
+    o[hdr_len + len..].fill(0);
+    Some(Payload::Output(total))
+}

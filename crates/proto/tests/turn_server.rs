@@ -1,0 +1,1553 @@
+//! The TURN server state machine driven in memory: clients, peers and relay sockets are plain
+//! data, the clock is simulated. Each test pins down one rule of RFC 8656 / RFC 8489 or one of
+//! the project's policies, and fails if the rule is broken.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use uturn_proto::stun::attr::*;
+use uturn_proto::stun::{
+    Class, Encoder, LongTermKey, Message, MessageType, Method, PasswordAlgorithmId, TransactionId,
+};
+use uturn_proto::turn::auth::{rest_password, Credentials, NonceKey};
+use uturn_proto::turn::policy::{Cidr, PeerPolicy, PeerPolicyConfig};
+use uturn_proto::turn::{
+    DropReason, FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server, ServerConfig,
+    Transmit, Transport, Via,
+};
+use uturn_proto::ChannelNumber;
+
+const REALM: &str = "uturn.test";
+const UNIX0: u64 = 1_800_000_000;
+const LISTENER: u32 = 7;
+const HEADROOM: usize = 64;
+
+fn server_addr() -> SocketAddr {
+    "203.0.113.1:3478".parse().unwrap()
+}
+const RELAY_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+fn relay_v6() -> Ipv6Addr {
+    "2001:db8::1".parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake relay sockets.
+
+#[derive(Default)]
+struct FakeRelays {
+    next: u32,
+    open: HashMap<u32, (SocketAddr, RelayId, bool)>,
+    closed: Vec<u32>,
+    in_use: HashSet<u16>,
+    exhausted: bool,
+}
+
+impl RelaySockets for FakeRelays {
+    fn open(&mut self, addr: SocketAddr, id: RelayId, df: bool) -> Result<u32, OpenError> {
+        if self.exhausted {
+            return Err(OpenError::Exhausted);
+        }
+        if self.in_use.contains(&addr.port()) {
+            return Err(OpenError::AddrInUse);
+        }
+        assert!(
+            !self.open.values().any(|(a, _, _)| *a == addr),
+            "double bind of {addr}"
+        );
+        self.next += 1;
+        self.open.insert(self.next, (addr, id, df));
+        Ok(self.next)
+    }
+    fn close(&mut self, handle: u32) {
+        assert!(
+            self.open.remove(&handle).is_some(),
+            "close of unknown handle"
+        );
+        self.closed.push(handle);
+    }
+}
+
+impl FakeRelays {
+    fn by_addr(&self, addr: SocketAddr) -> Option<(u32, RelayId)> {
+        self.open
+            .iter()
+            .find(|(_, (a, _, _))| *a == addr)
+            .map(|(h, (_, id, _))| (*h, *id))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness.
+
+struct H {
+    server: Server,
+    relays: FakeRelays,
+    t0: Instant,
+    elapsed: Duration,
+    out: Vec<u8>,
+    tid: u64,
+}
+
+/// What came out of one input: the transmit and the bytes it names.
+#[derive(Debug)]
+struct Sent {
+    via: Via,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    in_place: bool,
+}
+
+fn base_config() -> ServerConfig {
+    let creds = Credentials::new(
+        REALM,
+        vec![
+            ("alice".to_string(), "alice-pass".to_string()),
+            ("bob".to_string(), "bob-pass".to_string()),
+        ],
+        vec![b"rest-secret-1".to_vec(), b"rest-secret-2".to_vec()],
+    )
+    .unwrap();
+    let mut cfg = ServerConfig::new(REALM, creds, NonceKey::new([9u8; 32]));
+    cfg.relay_v4 = Some(IpAddr::V4(RELAY_V4));
+    cfg.port_min = 50000;
+    cfg.port_max = 50999;
+    cfg.peer_policy = policy(vec![], vec![], false);
+    cfg
+}
+
+fn policy(allow: Vec<Cidr>, deny: Vec<Cidr>, allow_loopback: bool) -> PeerPolicy {
+    PeerPolicy::new(&PeerPolicyConfig {
+        allow,
+        deny,
+        allow_loopback,
+        listen: vec![server_addr()],
+        relay_ips: vec![IpAddr::V4(RELAY_V4), IpAddr::V6(relay_v6())],
+        relay_ports: 50000..=50999,
+    })
+}
+
+impl H {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(f: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut cfg = base_config();
+        f(&mut cfg);
+        let t0 = Instant::now();
+        H {
+            server: Server::new(cfg, t0),
+            relays: FakeRelays::default(),
+            t0,
+            elapsed: Duration::ZERO,
+            out: vec![0; 2048],
+            tid: 0,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.t0 + self.elapsed,
+            unix_secs: UNIX0 + self.elapsed.as_secs(),
+        }
+    }
+
+    fn advance(&mut self, secs: u64) {
+        // Step a second at a time so the sweep runs as it would in a real loop.
+        for _ in 0..secs {
+            self.elapsed += Duration::from_secs(1);
+            let now = self.now();
+            self.server.handle_timeout(now, &mut self.relays);
+        }
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.tid += 1;
+        let mut t = [0u8; 12];
+        t[..8].copy_from_slice(&self.tid.to_be_bytes());
+        TransactionId(t)
+    }
+
+    fn collect(&self, t: Option<Transmit>, buf: &[u8]) -> Option<Sent> {
+        let t = t?;
+        let (bytes, in_place) = match t.payload {
+            Payload::Input(r) => (buf[r].to_vec(), true),
+            Payload::Output(n) => (self.out[..n].to_vec(), false),
+        };
+        Some(Sent {
+            via: t.via,
+            to: t.to,
+            bytes,
+            in_place,
+        })
+    }
+
+    /// A datagram from `client` to the listening socket.
+    fn client_sends(&mut self, client: SocketAddr, bytes: &[u8]) -> Option<Sent> {
+        let buf = bytes.to_vec();
+        let tuple = FiveTuple {
+            client,
+            server: server_addr(),
+            transport: Transport::Udp,
+        };
+        let now = self.now();
+        let t =
+            self.server
+                .handle_client(now, LISTENER, tuple, &buf, &mut self.out, &mut self.relays);
+        self.collect(t, &buf)
+    }
+
+    /// A datagram from `peer` arriving at relay address `relay`.
+    fn peer_sends(&mut self, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<Sent> {
+        let (_, id) = self.relays.by_addr(relay).expect("relay socket is open");
+        self.peer_sends_id(id, peer, payload)
+    }
+
+    fn peer_sends_id(&mut self, id: RelayId, peer: SocketAddr, payload: &[u8]) -> Option<Sent> {
+        let mut buf = vec![0xEEu8; HEADROOM + payload.len() + 4];
+        buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+        let now = self.now();
+        let t = self.server.handle_peer(
+            now,
+            id,
+            peer,
+            &mut buf,
+            HEADROOM..HEADROOM + payload.len(),
+            &mut self.out,
+        );
+        self.collect(t, &buf)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests.
+
+#[derive(Clone, Copy)]
+struct Cred<'a> {
+    user: &'a str,
+    pass: &'a str,
+    sha256: bool,
+    userhash: bool,
+}
+
+fn cred<'a>(user: &'a str, pass: &'a str) -> Cred<'a> {
+    Cred {
+        user,
+        pass,
+        sha256: false,
+        userhash: false,
+    }
+}
+
+fn key_of(c: &Cred<'_>) -> LongTermKey {
+    let alg = if c.sha256 {
+        PasswordAlgorithmId::Sha256
+    } else {
+        PasswordAlgorithmId::Md5
+    };
+    LongTermKey::derive(alg, c.user, REALM, c.pass)
+}
+
+/// Builds a request: `attrs` adds the method's attributes; with `auth`, USERNAME (or USERHASH),
+/// REALM, NONCE, password algorithm attributes and integrity are appended; FINGERPRINT last.
+fn request(
+    method: Method,
+    tid: TransactionId,
+    auth: Option<(&Cred<'_>, &str)>,
+    attrs: impl FnOnce(&mut Encoder<'_>),
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 1500];
+    let mut e = Encoder::new(&mut buf, MessageType::new(method, Class::Request), tid).unwrap();
+    attrs(&mut e);
+    if let Some((c, nonce)) = auth {
+        if c.userhash {
+            e.add(&Userhash(uturn_proto::stun::integrity::userhash(
+                c.user, REALM,
+            )))
+            .unwrap();
+        } else {
+            e.add(&Username(c.user)).unwrap();
+        }
+        e.add(&Realm(REALM)).unwrap();
+        e.add(&Nonce(nonce)).unwrap();
+        if c.sha256 {
+            e.add(&PasswordAlgorithms::List(&[
+                PasswordAlgorithm::SHA256,
+                PasswordAlgorithm::MD5,
+            ]))
+            .unwrap();
+            e.add(&PasswordAlgorithm::SHA256).unwrap();
+            e.message_integrity_sha256(key_of(c).as_bytes()).unwrap();
+        } else {
+            e.message_integrity(key_of(c).as_bytes()).unwrap();
+        }
+    }
+    e.fingerprint().unwrap();
+    let n = e.finish();
+    buf.truncate(n);
+    buf
+}
+
+fn parse(bytes: &[u8]) -> Message<'_> {
+    Message::parse(bytes).expect("server output parses")
+}
+
+fn error_code(bytes: &[u8]) -> Option<u16> {
+    let m = parse(bytes);
+    m.get::<ErrorCode<'_>>().unwrap().map(|e| e.code)
+}
+
+fn client(n: u8) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, n)),
+        40000 + u16::from(n),
+    )
+}
+
+fn peer(n: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(8, 8, 4, n)), 9000 + u16::from(n))
+}
+
+/// Gets a nonce the way a real client does: an unauthenticated request answered 401.
+fn nonce(h: &mut H, c: SocketAddr) -> String {
+    let tid = h.tid();
+    let req = request(Method::ALLOCATE, tid, None, |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    let resp = h.client_sends(c, &req).expect("401");
+    assert_eq!(error_code(&resp.bytes), Some(401));
+    let m = parse(&resp.bytes);
+    m.get::<Nonce<'_>>().unwrap().unwrap().0.to_string()
+}
+
+struct Allocated {
+    relay: SocketAddr,
+    relays: Vec<SocketAddr>,
+    lifetime: u32,
+    nonce: String,
+    response: Vec<u8>,
+}
+
+fn try_allocate(
+    h: &mut H,
+    c: SocketAddr,
+    cr: Cred<'_>,
+    attrs: impl FnOnce(&mut Encoder<'_>),
+) -> Result<Allocated, (u16, Vec<u8>)> {
+    let n = nonce(h, c);
+    let tid = h.tid();
+    let req = request(Method::ALLOCATE, tid, Some((&cr, &n)), |e| {
+        e.add(&RequestedTransport::UDP).unwrap();
+        attrs(e);
+    });
+    let resp = h.client_sends(c, &req).expect("a response");
+    assert_eq!(resp.to, c);
+    assert_eq!(resp.via, Via::Listener(LISTENER));
+    let m = parse(&resp.bytes);
+    assert_eq!(m.transaction_id(), tid);
+    if let Some(code) = error_code(&resp.bytes) {
+        return Err((code, resp.bytes.clone()));
+    }
+    assert_eq!(m.class(), Class::Success);
+    if cr.sha256 {
+        m.verify_integrity_sha256(key_of(&cr).as_bytes()).unwrap();
+    } else {
+        m.verify_integrity(key_of(&cr).as_bytes()).unwrap();
+    }
+    m.check_fingerprint().unwrap();
+    assert_eq!(
+        m.get::<XorMappedAddress>().unwrap(),
+        Some(XorMappedAddress(c))
+    );
+    let relays: Vec<SocketAddr> = m
+        .get_all::<XorRelayedAddress>()
+        .map(|r| r.unwrap().0)
+        .collect();
+    Ok(Allocated {
+        relay: relays[0],
+        relays: relays.clone(),
+        lifetime: m.get::<Lifetime>().unwrap().unwrap().0,
+        nonce: n,
+        response: resp.bytes.clone(),
+    })
+}
+
+fn allocate(h: &mut H, c: SocketAddr, cr: Cred<'_>) -> Allocated {
+    try_allocate(h, c, cr, |_| {}).unwrap_or_else(|(code, _)| panic!("allocate failed: {code}"))
+}
+
+/// Sends an authenticated request on an allocation and returns the response.
+fn authed(
+    h: &mut H,
+    c: SocketAddr,
+    cr: Cred<'_>,
+    nonce: &str,
+    method: Method,
+    attrs: impl FnOnce(&mut Encoder<'_>),
+) -> Vec<u8> {
+    let tid = h.tid();
+    let req = request(method, tid, Some((&cr, nonce)), attrs);
+    let resp = h.client_sends(c, &req).expect("a response");
+    let m = parse(&resp.bytes);
+    assert_eq!(m.transaction_id(), tid);
+    assert_eq!(m.method(), method);
+    resp.bytes
+}
+
+fn create_permission(h: &mut H, c: SocketAddr, a: &Allocated, peers: &[SocketAddr]) -> Option<u16> {
+    let r = authed(h, c, ALICE, &a.nonce, Method::CREATE_PERMISSION, |e| {
+        for p in peers {
+            e.add(&XorPeerAddress(*p)).unwrap();
+        }
+    });
+    error_code(&r)
+}
+
+fn channel_bind(h: &mut H, c: SocketAddr, a: &Allocated, n: u16, p: SocketAddr) -> Option<u16> {
+    let r = authed(h, c, ALICE, &a.nonce, Method::CHANNEL_BIND, |e| {
+        e.add_raw(types::CHANNEL_NUMBER, &[(n >> 8) as u8, n as u8, 0, 0])
+            .unwrap();
+        e.add(&XorPeerAddress(p)).unwrap();
+    });
+    error_code(&r)
+}
+
+fn channel_data(n: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![(n >> 8) as u8, n as u8];
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn send_indication(tid: TransactionId, p: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 1500];
+    let mut e = Encoder::new(
+        &mut buf,
+        MessageType::new(Method::SEND, Class::Indication),
+        tid,
+    )
+    .unwrap();
+    e.add(&XorPeerAddress(p)).unwrap();
+    e.add(&Data(data)).unwrap();
+    let n = e.finish();
+    buf.truncate(n);
+    buf
+}
+
+const ALICE: Cred<'static> = Cred {
+    user: "alice",
+    pass: "alice-pass",
+    sha256: false,
+    userhash: false,
+};
+const BOB: Cred<'static> = Cred {
+    user: "bob",
+    pass: "bob-pass",
+    sha256: false,
+    userhash: false,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Binding.
+
+#[test]
+fn binding_reflects_address_with_fingerprint_only_when_asked() {
+    let mut h = H::new();
+    let c = client(1);
+    let tid = h.tid();
+    let req = request(Method::BINDING, tid, None, |_| {});
+    let r = h.client_sends(c, &req).unwrap();
+    let m = parse(&r.bytes);
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(
+        m.get::<XorMappedAddress>().unwrap(),
+        Some(XorMappedAddress(c))
+    );
+    assert!(m.has_fingerprint());
+    m.check_fingerprint().unwrap();
+    assert!(
+        m.get::<Software<'_>>().unwrap().is_none(),
+        "SOFTWARE off by default"
+    );
+    assert!(
+        m.get::<MappedAddress>().unwrap().is_none(),
+        "MAPPED-ADDRESS off by default"
+    );
+
+    // Without FINGERPRINT in the request, none in the response.
+    let mut buf = [0u8; 64];
+    let e = Encoder::new(
+        &mut buf,
+        MessageType::new(Method::BINDING, Class::Request),
+        tid,
+    )
+    .unwrap();
+    let n = e.finish();
+    let r = h.client_sends(c, &buf[..n]).unwrap();
+    assert!(!parse(&r.bytes).has_fingerprint());
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn binding_software_and_mapped_address_when_configured() {
+    let mut h = H::with(|c| {
+        c.software = Some("uturn test".into());
+        c.mapped_address = true;
+    });
+    let tid = h.tid();
+    let r = h
+        .client_sends(client(1), &request(Method::BINDING, tid, None, |_| {}))
+        .unwrap();
+    let m = parse(&r.bytes);
+    assert_eq!(
+        m.get::<Software<'_>>().unwrap(),
+        Some(Software("uturn test"))
+    );
+    assert_eq!(
+        m.get::<MappedAddress>().unwrap(),
+        Some(MappedAddress(client(1)))
+    );
+}
+
+#[test]
+fn unknown_required_attribute_gets_420_with_list() {
+    let mut h = H::new();
+    let tid = h.tid();
+    let req = request(Method::BINDING, tid, None, |e| {
+        e.add_raw(0x7777, b"x").unwrap();
+        e.add_raw(0xC001, b"optional, ignored").unwrap();
+    });
+    let r = h.client_sends(client(1), &req).unwrap();
+    assert_eq!(error_code(&r.bytes), Some(420));
+    let m = parse(&r.bytes);
+    let list: Vec<u16> = m
+        .get::<UnknownAttributes<'_>>()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(list, vec![0x7777]);
+
+    // The same in an authenticated Allocate: 420, signed, nothing allocated.
+    let c = client(2);
+    let n = nonce(&mut h, c);
+    let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport::UDP).unwrap();
+        e.add_raw(0x7778, &[1, 2, 3, 4]).unwrap();
+    });
+    assert_eq!(error_code(&r), Some(420));
+    parse(&r)
+        .verify_integrity(key_of(&ALICE).as_bytes())
+        .unwrap();
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn unknown_method_is_400_and_indications_and_responses_are_not_answered() {
+    let mut h = H::new();
+    let c = client(1);
+    let tid = h.tid();
+    // A method number small enough that the first byte stays in STUN's 0-3 range (RFC 7983);
+    // larger ones are not STUN to the demultiplexer at all.
+    let m = Method::new(0x000D).unwrap();
+    let r = h.client_sends(c, &request(m, tid, None, |_| {})).unwrap();
+    assert_eq!(error_code(&r.bytes), Some(400));
+
+    let mut buf = [0u8; 64];
+    for (method, class) in [
+        (Method::BINDING, Class::Indication),
+        (Method::BINDING, Class::Success),
+        (Method::ALLOCATE, Class::Error),
+        (Method::DATA, Class::Indication),
+    ] {
+        let e = Encoder::new(&mut buf, MessageType::new(method, class), tid).unwrap();
+        let n = e.finish();
+        assert!(
+            h.client_sends(c, &buf[..n]).is_none(),
+            "{method:?} {class:?}"
+        );
+    }
+    assert!(h.server.stats().dropped(DropReason::Ignored) >= 4);
+}
+
+#[test]
+fn bad_fingerprint_and_garbage_are_dropped() {
+    let mut h = H::new();
+    let tid = h.tid();
+    let mut req = request(Method::BINDING, tid, None, |_| {});
+    let n = req.len();
+    req[n - 1] ^= 1;
+    assert!(h.client_sends(client(1), &req).is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::BadFingerprint), 1);
+    for junk in [&[][..], &[0u8; 3], &[0x80; 40], &[0x16, 3, 1, 0, 5]] {
+        assert!(h.client_sends(client(1), junk).is_none());
+    }
+    assert!(h.server.stats().dropped(DropReason::Malformed) >= 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication.
+
+#[test]
+fn unauthenticated_allocate_gets_401_and_creates_no_state() {
+    let mut h = H::new();
+    let tid = h.tid();
+    let req = request(Method::ALLOCATE, tid, None, |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    let r = h.client_sends(client(1), &req).unwrap();
+    assert_eq!(error_code(&r.bytes), Some(401));
+    let m = parse(&r.bytes);
+    assert_eq!(m.get::<Realm<'_>>().unwrap(), Some(Realm(REALM)));
+    let nonce = m.get::<Nonce<'_>>().unwrap().unwrap();
+    assert!(nonce.0.starts_with("obMatJos2"), "RFC 8489 nonce cookie");
+    let algs: Vec<u16> = m
+        .get::<PasswordAlgorithms<'_>>()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|a| a.algorithm)
+        .collect();
+    assert_eq!(algs, vec![algorithm::SHA256, algorithm::MD5]);
+    assert!(!m.has_integrity(), "a 401 cannot be signed");
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.relays.open.is_empty());
+    assert_eq!(h.server.poll_timeout(), None, "no timers either");
+}
+
+#[test]
+fn allocate_with_long_term_credentials() {
+    let mut h = H::new();
+    let a = allocate(&mut h, client(1), ALICE);
+    assert_eq!(a.relay.ip(), IpAddr::V4(RELAY_V4));
+    assert!((50000..=50999).contains(&a.relay.port()));
+    assert_eq!(a.lifetime, 600);
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(h.relays.open.len(), 1);
+    assert_eq!(h.server.stats().allocations_active, 1);
+    assert_eq!(h.server.stats().requests_of(Method::ALLOCATE, Some(401)), 1);
+    assert_eq!(h.server.stats().requests_of(Method::ALLOCATE, None), 1);
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_401() {
+    let mut h = H::new();
+    let c = client(1);
+    for cr in [cred("alice", "nope"), cred("mallory", "x")] {
+        let e = try_allocate(&mut h, c, cr, |_| {}).err().expect("refused");
+        assert_eq!(e.0, 401);
+        assert!(!parse(&e.1).has_integrity());
+    }
+    assert_eq!(h.server.stats().auth_failures, 2);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn missing_realm_or_nonce_is_400() {
+    let mut h = H::new();
+    let c = client(1);
+    let tid = h.tid();
+    let key = key_of(&ALICE);
+    let mut buf = vec![0u8; 512];
+    let mut e = Encoder::new(
+        &mut buf,
+        MessageType::new(Method::ALLOCATE, Class::Request),
+        tid,
+    )
+    .unwrap();
+    e.add(&RequestedTransport::UDP).unwrap();
+    e.add(&Username("alice")).unwrap();
+    e.message_integrity(key.as_bytes()).unwrap();
+    let n = e.finish();
+    let r = h.client_sends(c, &buf[..n]).unwrap();
+    assert_eq!(error_code(&r.bytes), Some(400));
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut h = H::new();
+    let c = client(1);
+    let n = nonce(&mut h, c);
+    h.advance(601);
+    let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(438));
+    let m = parse(&r);
+    let fresh = m.get::<Nonce<'_>>().unwrap().unwrap().0.to_string();
+    assert_ne!(fresh, n);
+    assert_eq!(m.get::<Realm<'_>>().unwrap(), Some(Realm(REALM)));
+    let r = authed(&mut h, c, ALICE, &fresh, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    // A nonce made for another client address is not accepted either.
+    let r = authed(&mut h, client(2), ALICE, &fresh, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(438));
+}
+
+#[test]
+fn sha256_password_algorithm_and_message_integrity_sha256() {
+    let mut h = H::new();
+    let cr = Cred {
+        sha256: true,
+        ..ALICE
+    };
+    let a = try_allocate(&mut h, client(1), cr, |_| {})
+        .map_err(|e| e.0)
+        .unwrap();
+    let m = parse(&a.response);
+    assert!(
+        m.has_integrity_sha256(),
+        "answered in the request's integrity kind"
+    );
+    assert!(!m.has_integrity());
+}
+
+#[test]
+fn password_algorithm_bid_down_is_refused() {
+    let mut h = H::new();
+    let c = client(1);
+    let n = nonce(&mut h, c);
+    let key = LongTermKey::derive(PasswordAlgorithmId::Md5, "alice", REALM, "alice-pass");
+    // PASSWORD-ALGORITHM without the echoed PASSWORD-ALGORITHMS list, and a tampered list.
+    for with_list in [None, Some(&[PasswordAlgorithm::MD5][..])] {
+        let tid = h.tid();
+        let mut buf = vec![0u8; 512];
+        let mut e = Encoder::new(
+            &mut buf,
+            MessageType::new(Method::ALLOCATE, Class::Request),
+            tid,
+        )
+        .unwrap();
+        e.add(&RequestedTransport::UDP).unwrap();
+        e.add(&Username("alice")).unwrap();
+        e.add(&Realm(REALM)).unwrap();
+        e.add(&Nonce(&n)).unwrap();
+        if let Some(l) = with_list {
+            e.add(&PasswordAlgorithms::List(l)).unwrap();
+        }
+        e.add(&PasswordAlgorithm::MD5).unwrap();
+        e.message_integrity(key.as_bytes()).unwrap();
+        let len = e.finish();
+        let r = h.client_sends(c, &buf[..len]).unwrap();
+        assert_eq!(error_code(&r.bytes), Some(400));
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn userhash_identifies_a_static_user() {
+    let mut h = H::new();
+    let cr = Cred {
+        userhash: true,
+        sha256: true,
+        ..ALICE
+    };
+    allocate(&mut h, client(1), cr);
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn rest_credentials_valid_rotated_and_expired() {
+    let mut h = H::new();
+    let user = format!("{}:carol", UNIX0 + 3600);
+    for (i, secret) in [&b"rest-secret-1"[..], b"rest-secret-2"].iter().enumerate() {
+        let pass = rest_password(secret, &user);
+        let cr = cred(&user, &pass);
+        allocate(&mut h, client(1 + i as u8), cr);
+    }
+    assert_eq!(h.server.allocation_count(), 2);
+    // A secret the server does not have.
+    let pass = rest_password(b"other", &user);
+    assert_eq!(
+        try_allocate(&mut h, client(3), cred(&user, &pass), |_| {})
+            .err()
+            .unwrap()
+            .0,
+        401
+    );
+    // Expired: the expiry timestamp is in the past.
+    let old = format!("{}", UNIX0 - 1);
+    let pass = rest_password(b"rest-secret-1", &old);
+    assert_eq!(
+        try_allocate(&mut h, client(4), cred(&old, &pass), |_| {})
+            .err()
+            .unwrap()
+            .0,
+        401
+    );
+    // And a credential that expires while we wait.
+    let soon = format!("{}", UNIX0 + 10);
+    let pass = rest_password(b"rest-secret-1", &soon);
+    h.advance(11);
+    assert_eq!(
+        try_allocate(&mut h, client(5), cred(&soon, &pass), |_| {})
+            .err()
+            .unwrap()
+            .0,
+        401
+    );
+}
+
+#[test]
+fn other_user_on_the_same_five_tuple_gets_441() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let r = authed(&mut h, c, BOB, &a.nonce, Method::REFRESH, |_| {});
+    assert_eq!(error_code(&r), Some(441));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Allocate rules.
+
+#[test]
+fn lifetime_is_negotiated_between_default_and_maximum() {
+    let mut h = H::new();
+    for (i, (asked, got)) in [(30u32, 600u32), (1200, 1200), (5000, 3600)]
+        .iter()
+        .enumerate()
+    {
+        let a = try_allocate(&mut h, client(i as u8 + 1), ALICE, |e| {
+            e.add(&Lifetime(*asked)).unwrap()
+        })
+        .map_err(|e| e.0)
+        .unwrap();
+        assert_eq!(a.lifetime, *got, "asked {asked}");
+    }
+}
+
+#[test]
+fn requested_transport_missing_is_400_and_tcp_is_442() {
+    let mut h = H::new();
+    let c = client(1);
+    let n = nonce(&mut h, c);
+    let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |_| {});
+    assert_eq!(error_code(&r), Some(400));
+    let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport::TCP).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(442));
+    parse(&r)
+        .verify_integrity(key_of(&ALICE).as_bytes())
+        .unwrap();
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn second_allocate_is_437_but_a_retransmission_gets_the_same_success() {
+    let mut h = H::new();
+    let c = client(1);
+    let n = nonce(&mut h, c);
+    let tid = h.tid();
+    let req = request(Method::ALLOCATE, tid, Some((&ALICE, &n)), |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    let first = h.client_sends(c, &req).unwrap().bytes;
+    assert_eq!(error_code(&first), None);
+    let again = h.client_sends(c, &req).unwrap().bytes;
+    assert_eq!(again, first, "retransmission answered identically");
+    assert_eq!(h.relays.open.len(), 1, "and no second relay");
+    let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport::UDP).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(437));
+}
+
+#[test]
+fn dont_fragment_is_accepted_and_passed_to_the_socket() {
+    let mut h = H::new();
+    let a = try_allocate(&mut h, client(1), ALICE, |e| e.add(&DontFragment).unwrap())
+        .map_err(|e| e.0)
+        .unwrap();
+    let (h_, _) = h.relays.by_addr(a.relay).unwrap();
+    assert!(h.relays.open[&h_].2);
+}
+
+#[test]
+fn even_port_with_reservation_token() {
+    let mut h = H::new();
+    let a = try_allocate(&mut h, client(1), ALICE, |e| {
+        e.add(&EvenPort { reserve: true }).unwrap()
+    })
+    .map_err(|e| e.0)
+    .unwrap();
+    assert_eq!(a.relay.port() % 2, 0);
+    let token = parse(&a.response)
+        .get::<ReservationToken>()
+        .unwrap()
+        .expect("RESERVATION-TOKEN");
+    let b = try_allocate(&mut h, client(2), ALICE, |e| e.add(&token).unwrap())
+        .map_err(|e| e.0)
+        .unwrap();
+    assert_eq!(b.relay.port(), a.relay.port() + 1);
+    // The token is single-use.
+    let e = try_allocate(&mut h, client(3), ALICE, |e| e.add(&token).unwrap())
+        .err()
+        .unwrap();
+    assert_eq!(e.0, 508);
+    // EVEN-PORT and RESERVATION-TOKEN together are malformed.
+    let e = try_allocate(&mut h, client(4), ALICE, |e| {
+        e.add(&EvenPort { reserve: false }).unwrap();
+        e.add(&token).unwrap();
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.0, 400);
+}
+
+#[test]
+fn reservation_expires_and_frees_the_port() {
+    let mut h = H::with(|c| {
+        c.port_min = 50000;
+        c.port_max = 50001;
+    });
+    let a = try_allocate(&mut h, client(1), ALICE, |e| {
+        e.add(&EvenPort { reserve: true }).unwrap()
+    })
+    .map_err(|e| e.0)
+    .unwrap();
+    assert_eq!(a.relay.port(), 50000);
+    assert_eq!(
+        try_allocate(&mut h, client(2), ALICE, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        508
+    );
+    h.advance(31);
+    let b = allocate(&mut h, client(3), ALICE);
+    assert_eq!(b.relay.port(), 50001);
+}
+
+#[test]
+fn dual_stack_allocation_and_address_family_errors() {
+    let mut h = H::with(|c| c.relay_v6 = Some(IpAddr::V6(relay_v6())));
+    let a = try_allocate(&mut h, client(1), ALICE, |e| {
+        e.add(&AdditionalAddressFamily(Family::V6)).unwrap()
+    })
+    .map_err(|e| e.0)
+    .unwrap();
+    assert_eq!(a.relays.len(), 2);
+    assert!(a.relays[0].is_ipv4() && a.relays[1].is_ipv6());
+    let b = try_allocate(&mut h, client(2), ALICE, |e| {
+        e.add(&RequestedAddressFamily(Family::V6)).unwrap()
+    })
+    .map_err(|e| e.0)
+    .unwrap();
+    assert_eq!(
+        b.relays,
+        vec![SocketAddr::new(IpAddr::V6(relay_v6()), b.relay.port())]
+    );
+    let e = try_allocate(&mut h, client(3), ALICE, |e| {
+        e.add(&RequestedAddressFamily(Family::V4)).unwrap();
+        e.add(&AdditionalAddressFamily(Family::V6)).unwrap();
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.0, 400, "both family attributes");
+    let e = try_allocate(&mut h, client(4), ALICE, |e| {
+        e.add(&AdditionalAddressFamily(Family::V4)).unwrap()
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.0, 400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6");
+
+    // Without an IPv6 relay: 440 for an IPv6-only request, and a v4 allocation with
+    // ADDRESS-ERROR-CODE for a dual one.
+    let mut h = H::new();
+    let e = try_allocate(&mut h, client(1), ALICE, |e| {
+        e.add(&RequestedAddressFamily(Family::V6)).unwrap()
+    })
+    .err()
+    .unwrap();
+    assert_eq!(e.0, 440);
+    let a = try_allocate(&mut h, client(2), ALICE, |e| {
+        e.add(&AdditionalAddressFamily(Family::V6)).unwrap()
+    })
+    .map_err(|e| e.0)
+    .unwrap();
+    assert_eq!(a.relays.len(), 1);
+    let aec = parse(&a.response)
+        .get::<AddressErrorCode<'_>>()
+        .unwrap()
+        .unwrap();
+    assert_eq!((aec.family, aec.code), (Family::V6, 440));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refresh and expiry.
+
+#[test]
+fn refresh_extends_and_zero_deletes_at_once() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    create_permission(&mut h, c, &a, &[peer(1)]);
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(1800)).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    assert_eq!(parse(&r).get::<Lifetime>().unwrap(), Some(Lifetime(1800)));
+    h.advance(1000);
+    assert_eq!(
+        h.server.allocation_count(),
+        1,
+        "refreshed past the first 600 s"
+    );
+    let a = Allocated {
+        nonce: nonce(&mut h, c),
+        ..a
+    };
+
+    let (_, id) = h.relays.by_addr(a.relay).unwrap();
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(0)).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    assert_eq!(parse(&r).get::<Lifetime>().unwrap(), Some(Lifetime(0)));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.relays.open.is_empty(), "relay socket closed immediately");
+    assert!(h.peer_sends_id(id, peer(1), b"late").is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::StaleRelay), 1);
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |_| {});
+    assert_eq!(error_code(&r), Some(437));
+}
+
+#[test]
+fn refresh_with_a_family_the_allocation_lacks_is_443() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&RequestedAddressFamily(Family::V6)).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(443));
+}
+
+#[test]
+fn allocation_expires_at_its_lifetime() {
+    let mut h = H::new();
+    let c = client(1);
+    allocate(&mut h, c, ALICE);
+    assert!(h.server.poll_timeout().is_some());
+    h.advance(599);
+    assert_eq!(h.server.allocation_count(), 1);
+    h.advance(2);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.relays.open.is_empty());
+    assert_eq!(h.server.stats().allocations_active, 0);
+    assert_eq!(h.server.stats().allocations_total, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Permissions, channels, data.
+
+#[test]
+fn create_permission_with_several_peers_and_data_indications() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    assert_eq!(create_permission(&mut h, c, &a, &[peer(1), peer(2)]), None);
+    assert_eq!(h.server.stats().permissions_active, 2);
+    for p in [peer(1), peer(2)] {
+        // Any port of a permitted IP may send (permissions are keyed by IP).
+        let from = SocketAddr::new(p.ip(), 1234);
+        let s = h.peer_sends(a.relay, from, b"hello client").unwrap();
+        assert!(s.in_place, "Data indication built in the headroom");
+        assert_eq!((s.via, s.to), (Via::Listener(LISTENER), c));
+        let m = parse(&s.bytes);
+        assert_eq!((m.method(), m.class()), (Method::DATA, Class::Indication));
+        assert_eq!(
+            m.get::<XorPeerAddress>().unwrap(),
+            Some(XorPeerAddress(from))
+        );
+        assert_eq!(
+            m.get::<Data<'_>>().unwrap(),
+            Some(Data(&b"hello client"[..]))
+        );
+    }
+    assert!(h.peer_sends(a.relay, peer(3), b"stranger").is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::NoPermission), 1);
+}
+
+#[test]
+fn send_indication_forwards_the_data_in_place() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let tid = h.tid();
+    assert!(h
+        .client_sends(c, &send_indication(tid, peer(1), b"early"))
+        .is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::NoPermission), 1);
+    create_permission(&mut h, c, &a, &[peer(1)]);
+    let s = h
+        .client_sends(c, &send_indication(tid, peer(1), b"to the peer"))
+        .unwrap();
+    assert!(s.in_place);
+    assert_eq!(s.bytes, b"to the peer");
+    let (handle, _) = h.relays.by_addr(a.relay).unwrap();
+    assert_eq!((s.via, s.to), (Via::Relay(handle), peer(1)));
+    // From a 5-tuple without an allocation: dropped.
+    assert!(h
+        .client_sends(client(9), &send_indication(tid, peer(1), b"x"))
+        .is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::NoAllocation), 1);
+}
+
+#[test]
+fn permission_expires_after_300_seconds() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    create_permission(&mut h, c, &a, &[peer(1)]);
+    h.advance(299);
+    assert!(h.peer_sends(a.relay, peer(1), b"x").is_some());
+    h.advance(2);
+    assert!(h.peer_sends(a.relay, peer(1), b"x").is_none());
+    assert_eq!(h.server.stats().permissions_active, 0);
+}
+
+#[test]
+fn channel_bind_and_channel_data_both_ways() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4001, peer(1)), None);
+    assert_eq!(h.server.stats().channels_active, 1);
+    assert_eq!(
+        h.server.stats().permissions_active,
+        1,
+        "ChannelBind installs a permission"
+    );
+
+    let payload: Vec<u8> = (0..=255).collect();
+    let s = h.client_sends(c, &channel_data(0x4001, &payload)).unwrap();
+    assert!(s.in_place);
+    assert_eq!(s.bytes, payload, "the peer gets exactly the payload");
+    assert_eq!(s.to, peer(1));
+
+    let s = h.peer_sends(a.relay, peer(1), &payload).unwrap();
+    assert!(s.in_place);
+    assert_eq!(s.to, c);
+    assert_eq!(s.bytes, channel_data(0x4001, &payload), "no padding on UDP");
+
+    // Odd lengths: still no padding over UDP.
+    let s = h.peer_sends(a.relay, peer(1), b"abc").unwrap();
+    assert_eq!(s.bytes, channel_data(0x4001, b"abc"));
+
+    // Unbound channel: dropped.
+    assert!(h.client_sends(c, &channel_data(0x4002, b"x")).is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::NoChannel), 1);
+    assert_eq!(h.server.stats().packets_to_peer, 1);
+    assert_eq!(h.server.stats().packets_to_client, 2);
+}
+
+#[test]
+fn channel_numbers_outside_the_range_are_400() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    for n in [0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF] {
+        assert_eq!(channel_bind(&mut h, c, &a, n, peer(1)), Some(400), "{n:#x}");
+    }
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::CHANNEL_BIND, |e| {
+        e.add(&ChannelNumber::new(0x4000).unwrap()).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(400), "no XOR-PEER-ADDRESS");
+}
+
+#[test]
+fn channel_uniqueness_in_both_directions_and_rebind_refreshes() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    // A long allocation lifetime, so only channel state is under test.
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(3600)).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4001, peer(1)), None);
+    assert_eq!(
+        channel_bind(&mut h, c, &a, 0x4001, peer(2)),
+        Some(400),
+        "number taken"
+    );
+    assert_eq!(
+        channel_bind(&mut h, c, &a, 0x4002, peer(1)),
+        Some(400),
+        "peer taken"
+    );
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4002, peer(2)), None);
+    // Re-binding the same pair refreshes it: bind at 0, rebind at 500, still alive at 1000.
+    h.advance(290);
+    create_permission(&mut h, c, &a, &[peer(1)]);
+    h.advance(210);
+    // Nonces last 600 s: take a fresh one as a client would after a 438.
+    let a = Allocated {
+        nonce: nonce(&mut h, c),
+        ..a
+    };
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4001, peer(1)), None);
+    h.advance(250);
+    create_permission(&mut h, c, &a, &[peer(1)]);
+    h.advance(250);
+    assert!(h.client_sends(c, &channel_data(0x4001, b"alive")).is_some());
+    assert!(h.client_sends(c, &channel_data(0x4002, b"gone")).is_none());
+}
+
+#[test]
+fn channel_expires_after_600_seconds() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let r = authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(3600)).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    channel_bind(&mut h, c, &a, 0x4001, peer(1));
+    for _ in 0..2 {
+        h.advance(290);
+        create_permission(&mut h, c, &a, &[peer(1)]);
+    }
+    h.advance(19); // t = 599
+    assert!(h.client_sends(c, &channel_data(0x4001, b"x")).is_some());
+    h.advance(2);
+    assert!(h.client_sends(c, &channel_data(0x4001, b"x")).is_none());
+    assert_eq!(h.server.stats().channels_active, 0);
+    // The peer's packets now arrive as Data indications (the permission is still alive).
+    let s = h.peer_sends(a.relay, peer(1), b"y").unwrap();
+    assert_eq!(parse(&s.bytes).method(), Method::DATA);
+}
+
+#[test]
+fn peer_family_mismatch_is_443() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let v6: SocketAddr = "[2606:4700::1]:9000".parse().unwrap();
+    assert_eq!(create_permission(&mut h, c, &a, &[v6]), Some(443));
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4001, v6), Some(443));
+}
+
+#[test]
+fn nothing_reaches_another_users_allocation() {
+    let mut h = H::new();
+    let (ca, cb) = (client(1), client(2));
+    let a = allocate(&mut h, ca, ALICE);
+    let b = allocate(&mut h, cb, BOB);
+    assert_ne!(a.relay, b.relay);
+    channel_bind(&mut h, ca, &a, 0x4001, peer(1));
+    // Bob's client sending on Alice's channel number reaches nothing of Alice's.
+    assert!(h.client_sends(cb, &channel_data(0x4001, b"x")).is_none());
+    // Bob cannot refresh or delete Alice's allocation from his own 5-tuple: the request
+    // applies to his own.
+    let r = authed(&mut h, cb, BOB, &b.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(0)).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    assert_eq!(h.server.allocation_count(), 1);
+    assert!(h.relays.by_addr(a.relay).is_some());
+    // A peer's packet to Alice's relay goes to Alice's client only.
+    let s = h.peer_sends(a.relay, peer(1), b"to alice").unwrap();
+    assert_eq!(s.to, ca);
+}
+
+#[test]
+fn stale_relay_ids_do_not_reach_a_reused_slot() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let (_, old) = h.relays.by_addr(a.relay).unwrap();
+    authed(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(0)).unwrap()
+    });
+    let b = allocate(&mut h, c, ALICE);
+    create_permission(&mut h, c, &b, &[peer(1)]);
+    assert!(h.peer_sends_id(old, peer(1), b"straggler").is_none());
+    assert!(h.peer_sends(b.relay, peer(1), b"fresh").is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quotas.
+
+#[test]
+fn allocation_quotas_per_user_and_total_are_486() {
+    let mut h = H::with(|c| {
+        c.max_allocations_per_user = 2;
+        c.max_allocations = 3;
+    });
+    allocate(&mut h, client(1), ALICE);
+    allocate(&mut h, client(2), ALICE);
+    assert_eq!(
+        try_allocate(&mut h, client(3), ALICE, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        486
+    );
+    allocate(&mut h, client(4), BOB);
+    assert_eq!(
+        try_allocate(&mut h, client(5), BOB, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        486
+    );
+    // Freeing one of Alice's makes room again.
+    h.advance(601);
+    allocate(&mut h, client(6), ALICE);
+}
+
+#[test]
+fn permission_and_channel_quotas_are_508() {
+    let mut h = H::with(|c| {
+        c.max_permissions_per_allocation = 2;
+        c.max_channels_per_allocation = 1;
+    });
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    assert_eq!(create_permission(&mut h, c, &a, &[peer(1), peer(2)]), None);
+    assert_eq!(create_permission(&mut h, c, &a, &[peer(3)]), Some(508));
+    assert_eq!(
+        create_permission(&mut h, c, &a, &[peer(1)]),
+        None,
+        "refresh is fine"
+    );
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4001, peer(1)), None);
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4002, peer(2)), Some(508));
+}
+
+#[test]
+fn relay_ports_exhausted_is_508_and_ports_in_use_are_skipped() {
+    let mut h = H::with(|c| {
+        c.port_min = 50000;
+        c.port_max = 50002;
+    });
+    h.relays.in_use.insert(50001);
+    let a = allocate(&mut h, client(1), ALICE);
+    let b = allocate(&mut h, client(2), ALICE);
+    let mut ports = [a.relay.port(), b.relay.port()];
+    ports.sort_unstable();
+    assert_eq!(ports, [50000, 50002]);
+    assert_eq!(
+        try_allocate(&mut h, client(3), ALICE, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        508
+    );
+}
+
+#[test]
+fn out_of_descriptors_is_a_counted_508() {
+    let mut h = H::new();
+    h.relays.exhausted = true;
+    assert_eq!(
+        try_allocate(&mut h, client(1), ALICE, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        508
+    );
+    assert_eq!(h.server.stats().relay_open_failures, 1);
+    assert_eq!(h.server.allocation_count(), 0);
+    h.relays.exhausted = false;
+    allocate(&mut h, client(1), ALICE);
+}
+
+#[test]
+fn bandwidth_cap_drops_and_counts_the_excess() {
+    let mut h = H::with(|c| c.bandwidth_limit = Some(1000));
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    channel_bind(&mut h, c, &a, 0x4001, peer(1));
+    let payload = [7u8; 100];
+    let passed = (0..20)
+        .filter(|_| h.client_sends(c, &channel_data(0x4001, &payload)).is_some())
+        .count();
+    assert_eq!(passed, 10, "1000 bytes of burst");
+    assert_eq!(h.server.stats().dropped(DropReason::Bandwidth), 10);
+    h.advance(1);
+    assert!(
+        h.client_sends(c, &channel_data(0x4001, &payload)).is_some(),
+        "refilled"
+    );
+}
+
+#[test]
+fn draining_server_refuses_new_allocations() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    h.server.drain();
+    assert_eq!(
+        try_allocate(&mut h, client(2), ALICE, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        508
+    );
+    // Existing allocations keep working.
+    assert_eq!(create_permission(&mut h, c, &a, &[peer(1)]), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer policy.
+
+/// The first and last address of every range refused by default.
+const REFUSED: &[&str] = &[
+    "0.0.0.0",
+    "0.255.255.255",
+    "127.0.0.1",
+    "127.255.255.255",
+    "10.0.0.0",
+    "10.255.255.255",
+    "100.64.0.0",
+    "100.127.255.255",
+    "169.254.0.0",
+    "169.254.255.255",
+    "172.16.0.0",
+    "172.31.255.255",
+    "192.0.0.0",
+    "192.0.0.255",
+    "192.0.2.0",
+    "192.0.2.255",
+    "192.88.99.0",
+    "192.88.99.255",
+    "192.168.0.0",
+    "192.168.255.255",
+    "198.18.0.0",
+    "198.19.255.255",
+    "198.51.100.0",
+    "198.51.100.255",
+    "203.0.113.0",
+    "203.0.113.255",
+    "224.0.0.0",
+    "239.255.255.255",
+    "240.0.0.0",
+    "255.255.255.255",
+    "::",
+    "::1",
+    "64:ff9b::",
+    "64:ff9b::ffff:ffff",
+    "100::",
+    "100::ffff:ffff:ffff:ffff",
+    "2001::",
+    "2001:0:ffff:ffff:ffff:ffff:ffff:ffff",
+    "2001:db8::",
+    "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+    "2002::",
+    "2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fc00::",
+    "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::",
+    "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "ff00::",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    // IPv4-mapped IPv6 forms of refused IPv4 addresses: canonicalised first.
+    "::ffff:127.0.0.1",
+    "::ffff:10.1.2.3",
+    "::ffff:0.0.0.0",
+    "::ffff:192.168.1.1",
+];
+
+fn dual() -> H {
+    H::with(|c| c.relay_v6 = Some(IpAddr::V6(relay_v6())))
+}
+
+fn dual_alloc(h: &mut H, c: SocketAddr) -> Allocated {
+    try_allocate(h, c, ALICE, |e| {
+        e.add(&AdditionalAddressFamily(Family::V6)).unwrap()
+    })
+    .map_err(|e| e.0)
+    .unwrap()
+}
+
+#[test]
+fn default_policy_refuses_every_special_range() {
+    let mut h = dual();
+    let c = client(1);
+    let a = dual_alloc(&mut h, c);
+    for ip in REFUSED {
+        let p = SocketAddr::new(ip.parse().unwrap(), 5000);
+        assert_eq!(
+            create_permission(&mut h, c, &a, &[p]),
+            Some(403),
+            "CreatePermission {ip}"
+        );
+        assert_eq!(
+            channel_bind(&mut h, c, &a, 0x4000, p),
+            Some(403),
+            "ChannelBind {ip}"
+        );
+        let tid = h.tid();
+        assert!(
+            h.client_sends(c, &send_indication(tid, p, b"x")).is_none(),
+            "Send {ip}"
+        );
+    }
+    assert_eq!(h.server.stats().permissions_active, 0);
+    assert_eq!(
+        h.server.stats().dropped(DropReason::PeerRefused),
+        REFUSED.len() as u64
+    );
+    // Public addresses of both families are fine.
+    for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "2a00:1450::1"] {
+        let p = SocketAddr::new(ip.parse().unwrap(), 5000);
+        assert_eq!(create_permission(&mut h, c, &a, &[p]), None, "{ip}");
+    }
+}
+
+#[test]
+fn a_refused_peer_among_several_installs_nothing() {
+    let mut h = H::new();
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let bad: SocketAddr = "10.0.0.1:1".parse().unwrap();
+    assert_eq!(create_permission(&mut h, c, &a, &[peer(1), bad]), Some(403));
+    assert_eq!(h.server.stats().permissions_active, 0);
+}
+
+#[test]
+fn operator_allow_deny_and_the_loopback_switch() {
+    let mut h = H::with(|c| {
+        c.peer_policy = policy(
+            vec![
+                "10.1.0.0/16".parse::<Cidr>().unwrap(),
+                "203.0.113.0/24".parse::<Cidr>().unwrap(),
+            ],
+            vec!["8.8.4.0/24".parse::<Cidr>().unwrap()],
+            true,
+        )
+    });
+    let c = client(1);
+    let a = allocate(&mut h, c, ALICE);
+    let ok: SocketAddr = "10.1.2.3:9".parse().unwrap();
+    let lo: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let other_private: SocketAddr = "10.2.0.1:9".parse().unwrap();
+    assert_eq!(create_permission(&mut h, c, &a, &[ok]), None);
+    assert_eq!(create_permission(&mut h, c, &a, &[lo]), None);
+    assert_eq!(
+        create_permission(&mut h, c, &a, &[other_private]),
+        Some(403)
+    );
+    assert_eq!(
+        create_permission(&mut h, c, &a, &[peer(1)]),
+        Some(403),
+        "operator deny"
+    );
+    // The server's own listening socket is refused even when an allow list covers its IP;
+    // other ports of that IP are not the server's socket.
+    assert_eq!(
+        channel_bind(&mut h, c, &a, 0x4001, server_addr()),
+        Some(403)
+    );
+    let same_ip = SocketAddr::new(server_addr().ip(), 9999);
+    assert_eq!(channel_bind(&mut h, c, &a, 0x4001, same_ip), None);
+}
