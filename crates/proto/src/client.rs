@@ -1,1 +1,0 @@
-//! Placeholder: the sans-IO STUN/TURN client lands here.
