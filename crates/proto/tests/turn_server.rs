@@ -1551,3 +1551,92 @@ fn operator_allow_deny_and_the_loopback_switch() {
     let same_ip = SocketAddr::new(server_addr().ip(), 9999);
     assert_eq!(channel_bind(&mut h, c, &a, 0x4001, same_ip), None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The project's own sans-IO client against the server, in memory.
+
+mod with_client {
+    use super::*;
+    use uturn_proto::client::{ClientConfig, Event, Input, RelayFamily, TurnClient};
+
+    /// Delivers everything the client wants to send to the server, and the server's answers
+    /// back to the client; returns what went to peers.
+    fn pump(h: &mut H, cl: &mut TurnClient, c: SocketAddr) -> Vec<Sent> {
+        let mut to_peers = Vec::new();
+        let mut buf = [0u8; 1500];
+        while let Some(t) = cl.poll_transmit(&mut buf) {
+            assert_eq!(t.to, server_addr());
+            let Some(s) = h.client_sends(c, &buf[..t.len]) else {
+                continue;
+            };
+            if s.to == c {
+                let now = h.now().instant;
+                let input = cl.handle_input(now, server_addr(), &s.bytes);
+                assert!(!matches!(input, Input::Ignored(_)), "{input:?}");
+            } else {
+                to_peers.push(s);
+            }
+        }
+        to_peers
+    }
+
+    fn events(cl: &mut TurnClient) -> Vec<Event> {
+        std::iter::from_fn(|| cl.poll_event()).collect()
+    }
+
+    #[test]
+    fn allocate_permission_channel_data_and_delete() {
+        let mut h = H::new();
+        let c = client(1);
+        let cfg = ClientConfig::new(server_addr(), "alice", "alice-pass");
+        let mut cl = TurnClient::new(cfg, [5u8; 32]).unwrap();
+        let now = h.now().instant;
+        cl.allocate(now, RelayFamily::Ipv4).unwrap();
+        pump(&mut h, &mut cl, c);
+        let relayed = match events(&mut cl).as_slice() {
+            [Event::Allocated(a)] => a.relayed,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(h.server.allocation_count(), 1);
+
+        cl.create_permission(now, &[peer(1).ip()]).unwrap();
+        let ch = cl.channel_bind(now, peer(2)).unwrap();
+        pump(&mut h, &mut cl, c);
+        let ev = events(&mut cl);
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::PermissionCreated { .. })),
+            "{ev:?}"
+        );
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::ChannelBound { channel, .. } if *channel == ch)),
+            "{ev:?}"
+        );
+
+        // Client -> peers: a Send indication to peer 1 and ChannelData to peer 2.
+        let mut out = [0u8; 1500];
+        let t = cl.send(peer(1), b"via send", &mut out).unwrap();
+        let s = h.client_sends(c, &out[..t.len]).unwrap();
+        assert_eq!((s.to, s.bytes.as_slice()), (peer(1), &b"via send"[..]));
+        let t = cl.send(peer(2), b"via channel", &mut out).unwrap();
+        let s = h.client_sends(c, &out[..t.len]).unwrap();
+        assert_eq!((s.to, s.bytes.as_slice()), (peer(2), &b"via channel"[..]));
+
+        // Peers -> client: a Data indication and ChannelData, both decoded by the client.
+        for (p, msg) in [(peer(1), &b"data ind"[..]), (peer(2), b"channel back")] {
+            let s = h.peer_sends(relayed, p, msg).unwrap();
+            match cl.handle_input(now, server_addr(), &s.bytes) {
+                Input::Data { peer, payload } => assert_eq!((peer, payload), (p, msg)),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        cl.deallocate(now).unwrap();
+        pump(&mut h, &mut cl, c);
+        assert!(events(&mut cl)
+            .iter()
+            .any(|e| matches!(e, Event::Deallocated)));
+        assert_eq!(h.server.allocation_count(), 0);
+    }
+}
