@@ -78,6 +78,8 @@ struct Reservation {
 pub struct Server {
     cfg: ServerConfig,
     epoch: Instant,
+    /// The last instant converted by `millis`, and the result.
+    clock: (Instant, Millis),
     allocations: Slab<Allocation>,
     by_tuple: HashMap<FiveTuple, usize, RandomState>,
     per_user: HashMap<Box<str>, usize, RandomState>,
@@ -99,6 +101,7 @@ impl Server {
         Server {
             cfg,
             epoch: now,
+            clock: (now, 0),
             allocations: Slab::new(),
             by_tuple: HashMap::with_hasher(RandomState::new()),
             per_user: HashMap::with_hasher(RandomState::new()),
@@ -140,8 +143,14 @@ impl Server {
         self.allocations.len()
     }
 
-    fn millis(&self, t: Instant) -> Millis {
-        t.saturating_duration_since(self.epoch).as_millis() as Millis
+    /// Milliseconds since the epoch. Drivers pass the same instant for a whole batch, so the
+    /// conversion (a 128-bit division) is cached for it.
+    #[inline]
+    fn millis(&mut self, t: Instant) -> Millis {
+        if t != self.clock.0 {
+            self.clock = (t, t.saturating_duration_since(self.epoch).as_millis() as Millis);
+        }
+        self.clock.1
     }
 
     fn dur(d: Duration) -> Millis {
