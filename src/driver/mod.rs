@@ -144,8 +144,18 @@ pub struct Selection {
     pub reason: String,
 }
 
-/// Resolves `Auto` by probing io_uring. Fails only for `Uring` on a host where the probe fails.
+/// Resolves `Auto` by probing io_uring, and logs the choice and its reason. Fails only for
+/// `Uring` on a host where the probe fails.
 pub fn select_backend(requested: Backend) -> Result<Selection, DriverError> {
+    let selection = resolve(requested);
+    match &selection {
+        Ok(s) => tracing::info!(backend = ?s.chosen, reason = %s.reason, "I/O backend selected"),
+        Err(e) => tracing::error!(error = %e, "I/O backend unavailable"),
+    }
+    selection
+}
+
+fn resolve(requested: Backend) -> Result<Selection, DriverError> {
     match requested {
         Backend::Portable => Ok(Selection {
             chosen: Chosen::Portable,
