@@ -1,0 +1,126 @@
+//! Socket set-up helpers and the socket table both backends keep.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::SockId;
+
+/// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT, so that every worker can bind the
+/// same listen address and the kernel spreads clients over them by 5-tuple hash.
+pub fn bind_reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = new_udp(addr)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// A non-blocking UDP socket bound to `addr` (port 0: any free port), without SO_REUSEPORT: a
+/// relay port belongs to one allocation.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = new_udp(addr)?;
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+fn new_udp(addr: SocketAddr) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // One socket per family: a v6 listener must not also take v4-mapped traffic that a v4
+        // listener on the same port is meant to get.
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+/// Pins the calling thread to CPU `core` (an index into the CPUs this process may use). Returns
+/// false when the CPU does not exist or the kernel refuses.
+pub fn pin_current_thread(core: usize) -> bool {
+    match core_affinity::get_core_ids().and_then(|ids| ids.get(core).copied()) {
+        Some(id) => core_affinity::set_for_current(id),
+        None => false,
+    }
+}
+
+/// Sockets indexed by [`SockId`], with reuse of closed slots. `S` is the backend's per-socket
+/// state.
+#[derive(Debug)]
+pub(crate) struct SockTable<S> {
+    slots: Vec<Option<S>>,
+    free: Vec<u32>,
+}
+
+impl<S> SockTable<S> {
+    pub(crate) fn new() -> Self {
+        SockTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, s: S) -> SockId {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(s);
+                SockId(i)
+            }
+            None => {
+                self.slots.push(Some(s));
+                SockId((self.slots.len() - 1) as u32)
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, id: SockId) -> Option<&S> {
+        self.slots.get(id.0 as usize)?.as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: SockId) -> Option<&mut S> {
+        self.slots.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    /// Frees the slot; the id may be handed out again.
+    pub(crate) fn remove(&mut self, id: SockId) -> Option<S> {
+        let s = self.slots.get_mut(id.0 as usize)?.take()?;
+        self.free.push(id.0);
+        Some(s)
+    }
+
+    pub(crate) fn ids(&self) -> impl Iterator<Item = SockId> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| SockId(i as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_reuses_closed_ids() {
+        let mut t = SockTable::new();
+        let a = t.insert('a');
+        let b = t.insert('b');
+        assert_eq!((a, b), (SockId(0), SockId(1)));
+        assert_eq!(t.remove(a), Some('a'));
+        assert_eq!(t.remove(a), None);
+        assert!(t.get(a).is_none());
+        assert_eq!(t.insert('c'), SockId(0));
+        assert_eq!(t.ids().collect::<Vec<_>>(), vec![SockId(0), SockId(1)]);
+        assert!(t.get(SockId(99)).is_none());
+    }
+
+    #[test]
+    fn reuseport_sockets_share_a_port() {
+        let a = bind_reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = bind_reuseport_udp(a.local_addr().unwrap()).unwrap();
+        assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+        let c = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(bind_udp(c.local_addr().unwrap()).is_err());
+    }
+}
