@@ -1,2 +1,8 @@
-//! uturn relay library.
+//! The uturn relay: configuration, per-core workers on the I/O drivers, metrics. The protocol
+//! itself lives in the sans-IO `uturn-proto` crate.
+
+pub mod config;
 pub mod driver;
+pub mod limits;
+pub mod metrics;
+pub mod worker;

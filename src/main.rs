@@ -1,1 +1,243 @@
-fn main() {}
+//! The uturn relay binary: configuration, one pinned worker per core, signals, metrics.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use crossbeam_channel::{bounded, Sender};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use uturn::config::{self, Cli, Settings};
+use uturn::driver::{self, Backend, Control, DriverConfig};
+use uturn::worker::{RelayWorker, Snapshot, WorkerMsg};
+use uturn_proto::turn::auth::NonceKey;
+use uturn_proto::turn::{Server, ServerConfig};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::new(&settings.log_level);
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match run(&cli, settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uturn: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct WorkerHandle {
+    control: Sender<Control>,
+    msgs: Sender<WorkerMsg>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
+    let fds = uturn::limits::raise_nofile();
+    let per_alloc = if settings.relay_v4.is_some() && settings.relay_v6.is_some() { 2 } else { 1 };
+    tracing::info!(
+        open_files = fds,
+        allocations = fds.saturating_sub(64 + 2 * settings.threads as u64) / per_alloc,
+        "open-file limit raised to the hard limit; that many relay sockets fit"
+    );
+
+    let selection = driver::select_backend(settings.backend).context("backend")?;
+    tracing::info!(backend = ?selection.chosen, reason = %selection.reason, "I/O backend");
+    let backend = match selection.chosen {
+        driver::Chosen::Uring => Backend::Uring,
+        driver::Chosen::Portable => Backend::Portable,
+    };
+
+    // A port another process holds is a clear error here, before the workers start: a plain
+    // bind fails where SO_REUSEPORT would silently share the port with another relay.
+    for a in &settings.listen {
+        UdpSocket::bind(a).with_context(|| format!("listen {a}"))?;
+    }
+
+    let nonce_key = NonceKey::new(rand::random());
+    let (snap_tx, snap_rx) = bounded::<Snapshot>(settings.threads * 4);
+    let metrics = match settings.metrics {
+        Some(addr) => Some(uturn::metrics::spawn(addr, snap_rx, settings.threads)?),
+        None => None,
+    };
+    let snap_tx = metrics.as_ref().map(|_| snap_tx);
+
+    let (ready_tx, ready_rx) = bounded::<Result<usize, String>>(settings.threads);
+    let settings = Arc::new(settings);
+    let mut workers = Vec::new();
+    for i in 0..settings.threads {
+        let (control, control_rx) = bounded::<Control>(16);
+        let (msgs, msgs_rx) = bounded::<WorkerMsg>(16);
+        let s = Arc::clone(&settings);
+        let key = nonce_key.clone();
+        let ready = ready_tx.clone();
+        let snaps = snap_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                if !driver::pin_current_thread(i) {
+                    tracing::warn!(worker = i, "could not pin to a core");
+                }
+                let server = match build_server(&s, i, key) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("worker {i}: {e:#}")));
+                        return;
+                    }
+                };
+                let mut sockets = Vec::new();
+                for a in &s.listen {
+                    match driver::bind_reuseport_udp(*a) {
+                        Ok(sock) => sockets.push(sock),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("listen {a}: {e}")));
+                            return;
+                        }
+                    }
+                }
+                let mut worker = RelayWorker::new(i, server, s.listen.clone(), msgs_rx, snaps);
+                let _ = ready.send(Ok(i));
+                if let Err(e) =
+                    driver::run_worker(backend, &mut worker, sockets, &control_rx, &DriverConfig::default())
+                {
+                    tracing::error!(worker = i, "worker stopped: {e}");
+                }
+            })?;
+        workers.push(WorkerHandle { control, msgs, thread });
+    }
+    drop(ready_tx);
+    drop(snap_tx);
+    for _ in 0..settings.threads {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                stop(workers, Duration::from_secs(1));
+                anyhow::bail!(e);
+            }
+            Err(_) => anyhow::bail!("a worker exited during start-up"),
+        }
+    }
+    tracing::info!(
+        workers = settings.threads,
+        listen = ?settings.listen,
+        relay_v4 = ?settings.relay_v4,
+        relay_v6 = ?settings.relay_v6,
+        relay_ports = ?settings.relay_ports,
+        realm = %settings.realm,
+        "uturn is running"
+    );
+    if let Some(pass) = &settings.demo_password {
+        print_demo_banner(&settings, pass);
+    }
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => reload(cli, &settings, &workers),
+            _ => {
+                tracing::info!("signal {sig}: stopping");
+                break;
+            }
+        }
+    }
+    stop(workers, Duration::from_millis(1500));
+    drop(metrics);
+    Ok(())
+}
+
+fn build_server(s: &Settings, worker: usize, nonce_key: NonceKey) -> anyhow::Result<Server> {
+    let mut cfg = ServerConfig::new(s.realm.clone(), s.credentials()?, nonce_key);
+    let ports = s.worker_ports(worker);
+    cfg.relay_v4 = s.relay_v4;
+    cfg.relay_v6 = s.relay_v6;
+    cfg.port_min = *ports.start();
+    cfg.port_max = *ports.end();
+    let l = &s.limits;
+    cfg.default_lifetime = l.default_lifetime;
+    cfg.max_lifetime = l.max_lifetime;
+    cfg.nonce_validity = l.nonce_validity;
+    cfg.max_allocations = l.max_allocations;
+    cfg.max_allocations_per_user = l.max_allocations_per_user;
+    cfg.max_permissions_per_allocation = l.max_permissions_per_allocation;
+    cfg.max_channels_per_allocation = l.max_channels_per_allocation;
+    cfg.bandwidth_limit = l.bandwidth_limit;
+    cfg.software = l.software.clone();
+    cfg.mapped_address = l.mapped_address;
+    cfg.peer_policy = s.peer_policy();
+    cfg.seed = rand::random();
+    Ok(Server::new(cfg, Instant::now()))
+}
+
+/// SIGHUP: re-read the configuration; users, secrets and peer policy go to every worker.
+/// Listening addresses, ports and threads need a restart and are left as they are.
+fn reload(cli: &Cli, running: &Settings, workers: &[WorkerHandle]) {
+    let fresh = match config::load(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    if fresh.listen != running.listen || fresh.relay_ports != running.relay_ports {
+        tracing::warn!("listen and relay_ports changes need a restart; not applied");
+    }
+    // In demo mode the password stays the one printed at start-up.
+    let users = if running.demo_password.is_some() && fresh.demo_password.is_some() {
+        running.users.clone()
+    } else {
+        fresh.users.clone()
+    };
+    let fresh = Settings { users, ..fresh };
+    for w in workers {
+        match fresh.credentials() {
+            Ok(c) => {
+                let _ = w.msgs.send(WorkerMsg::Reload(Box::new((c, fresh.peer_policy()))));
+            }
+            Err(e) => {
+                tracing::error!("reload refused: {e}");
+                return;
+            }
+        }
+    }
+    tracing::info!(users = fresh.users.len(), secrets = fresh.secrets.len(), "configuration reloaded");
+}
+
+/// Stops taking allocations, stops every worker and waits for them, at most `deadline`.
+fn stop(workers: Vec<WorkerHandle>, deadline: Duration) {
+    for w in &workers {
+        let _ = w.msgs.send(WorkerMsg::Drain);
+        let _ = w.control.send(Control::Stop);
+    }
+    let until = Instant::now() + deadline;
+    for w in workers {
+        while !w.thread.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if w.thread.is_finished() {
+            let _ = w.thread.join();
+        }
+    }
+}
+
+fn print_demo_banner(s: &Settings, pass: &str) {
+    let server: SocketAddr = s.listen[0];
+    println!("uturn demo: realm {} user demo password {pass}", s.realm);
+    println!("try it with loadgen (peers on this machine are loopback addresses, so run uturn with");
+    println!("--allow-loopback-peers for that, as the line below assumes):");
+    println!(
+        "  cargo run --release -p loadgen -- --server {server} --realm {} --user demo:{pass} --agents 100 --duration 10s",
+        s.realm
+    );
+    if !s.policy.allow_loopback {
+        println!("note: loopback peers are refused now (default policy); restart with --allow-loopback-peers to try loadgen locally");
+    }
+}

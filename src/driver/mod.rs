@@ -39,7 +39,7 @@ mod sockaddr;
 pub mod uring;
 
 pub use pool::Packet;
-pub use sock::{bind_reuseport_udp, bind_udp, pin_current_thread};
+pub use sock::{bind_reuseport_udp, bind_udp, bind_udp_with, pin_current_thread, UdpOptions};
 
 /// Free bytes in front of every received datagram (a minimum: see [`RecvPacket::range`]).
 pub const HEADROOM: usize = 64;
@@ -85,7 +85,11 @@ pub trait Io {
 
     /// Opens a non-blocking UDP socket bound to `addr` (port 0: any free port) and starts
     /// receiving on it.
-    fn open_udp(&mut self, addr: SocketAddr) -> io::Result<SockId>;
+    fn open_udp(&mut self, addr: SocketAddr) -> io::Result<SockId> {
+        self.open_udp_with(addr, UdpOptions::default())
+    }
+    /// [`Io::open_udp`] with socket options set before the bind.
+    fn open_udp_with(&mut self, addr: SocketAddr, opts: UdpOptions) -> io::Result<SockId>;
     /// The address a socket is bound to (to learn the port the kernel picked for port 0).
     fn local_addr(&self, sock: SockId) -> io::Result<SocketAddr>;
     /// Closes a socket: no datagram is delivered from it after this call; sends already queued

@@ -25,7 +25,7 @@ use crossbeam_channel::Receiver;
 use socket2::SockAddr;
 
 use super::pool::{BufPool, Packet, SendPool};
-use super::sock::{bind_udp, SockTable};
+use super::sock::{bind_udp_with, SockTable, UdpOptions};
 use super::sockaddr::{self, NAME_LEN};
 use super::{
     poll_control, valid_range, wait_budget, Control, ControlFlow, Counters, DriverConfig,
@@ -573,8 +573,8 @@ impl Worker {
 impl Io for Worker {
     type Packet = Packet;
 
-    fn open_udp(&mut self, addr: SocketAddr) -> io::Result<SockId> {
-        let sock = bind_udp(addr)?;
+    fn open_udp_with(&mut self, addr: SocketAddr, opts: UdpOptions) -> io::Result<SockId> {
+        let sock = bind_udp_with(addr, opts)?;
         self.adopt(sock)
     }
 

@@ -19,9 +19,49 @@ pub fn bind_reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// A non-blocking UDP socket bound to `addr` (port 0: any free port), without SO_REUSEPORT: a
 /// relay port belongs to one allocation.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_udp_with(addr, UdpOptions::default())
+}
+
+/// Options for [`bind_udp_with`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// Set the DF bit on outgoing datagrams (TURN's DONT-FRAGMENT, RFC 8656 section 14.8):
+    /// IP_MTU_DISCOVER / IPV6_MTU_DISCOVER = PMTUDISC_DO.
+    pub dont_fragment: bool,
+}
+
+/// [`bind_udp`] with options.
+pub fn bind_udp_with(addr: SocketAddr, opts: UdpOptions) -> io::Result<UdpSocket> {
     let sock = new_udp(addr)?;
+    if opts.dont_fragment {
+        set_dont_fragment(&sock, addr.is_ipv6())?;
+    }
     sock.bind(&addr.into())?;
     Ok(sock.into())
+}
+
+fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, value) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    // SAFETY: a valid fd, and a pointer to a c_int that lives for the call with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn new_udp(addr: SocketAddr) -> io::Result<Socket> {

@@ -38,7 +38,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use socket2::SockAddr;
 
 use super::pool::{BufPool, Packet, Region, SendPool};
-use super::sock::{bind_udp, SockTable};
+use super::sock::{bind_udp, bind_udp_with, SockTable, UdpOptions};
 use super::sockaddr::{self, NAME_LEN};
 use super::{
     poll_control, valid_range, wait_budget, Control, ControlFlow, Counters, DriverConfig,
@@ -636,8 +636,8 @@ fn to_cqe(e: cqueue::Entry) -> Cqe {
 impl Io for Worker {
     type Packet = Packet;
 
-    fn open_udp(&mut self, addr: SocketAddr) -> io::Result<SockId> {
-        let sock = bind_udp(addr)?;
+    fn open_udp_with(&mut self, addr: SocketAddr, opts: UdpOptions) -> io::Result<SockId> {
+        let sock = bind_udp_with(addr, opts)?;
         self.adopt(sock)
     }
 
