@@ -614,7 +614,7 @@ pub struct MessageIntegritySha256<'a>(pub &'a [u8]);
 impl<'a> Attribute<'a> for MessageIntegritySha256<'a> {
     const TYPE: u16 = MESSAGE_INTEGRITY_SHA256;
     fn decode(v: &'a [u8], _: &TransactionId) -> Result<Self, ParseError> {
-        if (16..=32).contains(&v.len()) && v.len() % 4 == 0 {
+        if (16..=32).contains(&v.len()) && v.len().is_multiple_of(4) {
             Ok(MessageIntegritySha256(v))
         } else {
             Err(ParseError::AttrLength(MESSAGE_INTEGRITY_SHA256))
@@ -627,7 +627,7 @@ impl<'a> Attribute<'a> for MessageIntegritySha256<'a> {
         out.copy_from_slice(self.0)
     }
     fn check(&self) -> Result<(), EncodeError> {
-        if (16..=32).contains(&self.0.len()) && self.0.len() % 4 == 0 {
+        if (16..=32).contains(&self.0.len()) && self.0.len().is_multiple_of(4) {
             Ok(())
         } else {
             Err(EncodeError::ValueTooLong)
@@ -788,7 +788,7 @@ impl PartialEq for UnknownAttributes<'_> {
 impl<'a> Attribute<'a> for UnknownAttributes<'a> {
     const TYPE: u16 = UNKNOWN_ATTRIBUTES;
     fn decode(v: &'a [u8], _: &TransactionId) -> Result<Self, ParseError> {
-        if v.len() % 2 != 0 {
+        if !v.len().is_multiple_of(2) {
             return Err(ParseError::AttrLength(UNKNOWN_ATTRIBUTES));
         }
         Ok(UnknownAttributes::Wire(v))
