@@ -139,7 +139,16 @@ fn populated(n: usize, family_split: bool) -> (Server, Relays, Vec<(SocketAddr, 
         let p = match a.relayed {
             SocketAddr::V4(_) => peer_addr(i),
             SocketAddr::V6(_) => SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::new(0x2606, 0x4700, 0, 0, 0, 0, (i >> 16) as u16, i as u16)),
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2606,
+                    0x4700,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (i >> 16) as u16,
+                    i as u16,
+                )),
                 5000,
             ),
         };
@@ -209,7 +218,13 @@ impl RelaySockets for NoRelays {
 
 /// Signed Allocate requests from `n` fresh clients, each after its own 401 round trip (done
 /// outside the timing).
-fn signed_allocates(s: &mut Server, relays: &mut Relays, n: usize, base: usize, now: Now) -> Vec<(SocketAddr, Vec<u8>)> {
+fn signed_allocates(
+    s: &mut Server,
+    relays: &mut Relays,
+    n: usize,
+    base: usize,
+    now: Now,
+) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut buf = [0u8; 1500];
     let mut out = [0u8; 1500];
     (0..n)
@@ -223,7 +238,9 @@ fn signed_allocates(s: &mut Server, relays: &mut Relays, n: usize, base: usize, 
             let tx = s
                 .handle_client(now, 0, tuple(c), &buf[..t.len], &mut out, relays)
                 .unwrap();
-            let Payload::Output(len) = tx.payload else { panic!() };
+            let Payload::Output(len) = tx.payload else {
+                panic!()
+            };
             cl.handle_input(now.instant, server_addr(), &out[..len]);
             let t = cl.poll_transmit(&mut buf).unwrap();
             (c, buf[..t.len].to_vec())

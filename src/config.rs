@@ -225,7 +225,10 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
             .parse()
             .map_err(|_| err("listen", format!("`{s}` is not ADDR:PORT")))?;
         if a.port() == 0 {
-            return Err(err("listen", format!("`{s}`: port 0 is not a listening port")));
+            return Err(err(
+                "listen",
+                format!("`{s}`: port 0 is not a listening port"),
+            ));
         }
         // The embedded default lists [::1] too; it is kept only where IPv6 works.
         if !from_file && cli.listen.is_empty() && a.is_ipv6() && !ipv6_available() {
@@ -247,7 +250,10 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
             .parse()
             .map_err(|_| err("relay_ip", format!("`{s}` is not an IP address")))?;
         if ip.is_unspecified() {
-            return Err(err("relay_ip", format!("`{s}`: a relay address must be concrete")));
+            return Err(err(
+                "relay_ip",
+                format!("`{s}`: a relay address must be concrete"),
+            ));
         }
         let slot = if ip.is_ipv4() {
             &mut relay_v4
@@ -338,13 +344,20 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
     let backend = match (cli.backend, f.backend.as_deref()) {
         (Some(b), _) => b,
         (None, None) => Backend::Auto,
-        (None, Some(s)) => <Backend as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| err("backend", format!("`{s}`: expected auto, uring or portable")))?,
+        (None, Some(s)) => <Backend as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+            err(
+                "backend",
+                format!("`{s}`: expected auto, uring or portable"),
+            )
+        })?,
     };
 
     let cidrs = |key: &str, v: Vec<String>| -> Result<Vec<Cidr>, ConfigError> {
         v.iter()
-            .map(|s| s.parse::<Cidr>().map_err(|e| err(key, format!("`{s}`: {e}"))))
+            .map(|s| {
+                s.parse::<Cidr>()
+                    .map_err(|e| err(key, format!("`{s}`: {e}")))
+            })
             .collect()
     };
     let policy = PeerPolicyConfig {
@@ -365,7 +378,10 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
     };
     let log_level = pick(cli.log_level.clone(), f.log_level).unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        return Err(err("log_level", format!("`{log_level}` is not a tracing filter")));
+        return Err(err(
+            "log_level",
+            format!("`{log_level}` is not a tracing filter"),
+        ));
     }
 
     let secs = |key: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
@@ -390,7 +406,10 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
         return Err(err("max_lifetime", "must not be below default_lifetime"));
     }
     if limits.bandwidth_limit == Some(0) {
-        return Err(err("bandwidth_limit", "must be positive (leave it out for no cap)"));
+        return Err(err(
+            "bandwidth_limit",
+            "must be positive (leave it out for no cap)",
+        ));
     }
 
     let s = Settings {
@@ -415,7 +434,12 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
 }
 
 fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, ConfigError> {
-    let bad = || err("relay_ports", format!("`{s}` is not LO-HI with 1 <= LO <= HI <= 65535"));
+    let bad = || {
+        err(
+            "relay_ports",
+            format!("`{s}` is not LO-HI with 1 <= LO <= HI <= 65535"),
+        )
+    };
     let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
     let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
     let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
@@ -463,7 +487,10 @@ mod tests {
         assert_eq!(s.users[0].0, "demo");
         assert_eq!(s.demo_password.as_deref(), Some(s.users[0].1.as_str()));
         assert_eq!(s.relay_v4, Some("127.0.0.1".parse().unwrap()));
-        assert!(!s.policy.allow_loopback, "loopback peers stay refused by default");
+        assert!(
+            !s.policy.allow_loopback,
+            "loopback peers stay refused by default"
+        );
     }
 
     #[test]
@@ -475,7 +502,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.threads, 2);
         assert_eq!(s.realm, "x");
-        assert_eq!(s.listen, vec!["127.0.0.1:4000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            s.listen,
+            vec!["127.0.0.1:4000".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -488,12 +518,28 @@ mod tests {
             ("", &[], "user"),
             ("user=[\"a:b\"]\nthreads = 0", &[], "threads"),
             ("user=[\"a:b\"]\nbackend = \"fast\"", &[], "backend"),
-            ("user=[\"a:b\"]\nallow_peer = [\"10.0.0.1/8\"]", &[], "allow_peer"),
-            ("user=[\"a:b\"]\nlisten = [\"0.0.0.0:3478\"]", &[], "relay_ip"),
-            ("user=[\"a:b\"]\nrelay_ports = \"3000-4000\"", &["--listen", "127.0.0.1:3478"], "relay_ports"),
+            (
+                "user=[\"a:b\"]\nallow_peer = [\"10.0.0.1/8\"]",
+                &[],
+                "allow_peer",
+            ),
+            (
+                "user=[\"a:b\"]\nlisten = [\"0.0.0.0:3478\"]",
+                &[],
+                "relay_ip",
+            ),
+            (
+                "user=[\"a:b\"]\nrelay_ports = \"3000-4000\"",
+                &["--listen", "127.0.0.1:3478"],
+                "relay_ports",
+            ),
             ("user=[\"a:b\"]\nmetrics = \"x\"", &[], "metrics"),
             ("user=[\"a:b\"]\nmax_lifetime = 10", &[], "max_lifetime"),
-            ("user=[\"a:b\"]\nrelay_ports = \"1000-1001\"\nthreads = 4", &[], "relay_ports"),
+            (
+                "user=[\"a:b\"]\nrelay_ports = \"1000-1001\"\nthreads = 4",
+                &[],
+                "relay_ports",
+            ),
         ];
         for (text, args, key) in cases {
             let text = format!("listen = [\"127.0.0.1:3478\"]\n{text}");
@@ -510,7 +556,11 @@ mod tests {
 
     #[test]
     fn ports_split_between_workers_cover_the_range() {
-        let s = from_toml("user=[\"a:b\"]\nrelay_ports=\"50000-50009\"\nthreads=3", &[]).unwrap();
+        let s = from_toml(
+            "user=[\"a:b\"]\nrelay_ports=\"50000-50009\"\nthreads=3",
+            &[],
+        )
+        .unwrap();
         let parts: Vec<_> = (0..3).map(|i| s.worker_ports(i)).collect();
         assert_eq!(parts, vec![50000..=50002, 50003..=50005, 50006..=50009]);
     }

@@ -43,7 +43,11 @@ struct WorkerHandle {
 
 fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     let fds = uturn::limits::raise_nofile();
-    let per_alloc = if settings.relay_v4.is_some() && settings.relay_v6.is_some() { 2 } else { 1 };
+    let per_alloc = if settings.relay_v4.is_some() && settings.relay_v6.is_some() {
+        2
+    } else {
+        1
+    };
     tracing::info!(
         open_files = fds,
         allocations = fds.saturating_sub(64 + 2 * settings.threads as u64) / per_alloc,
@@ -106,13 +110,21 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
                 }
                 let mut worker = RelayWorker::new(i, server, s.listen.clone(), msgs_rx, snaps);
                 let _ = ready.send(Ok(i));
-                if let Err(e) =
-                    driver::run_worker(backend, &mut worker, sockets, &control_rx, &DriverConfig::default())
-                {
+                if let Err(e) = driver::run_worker(
+                    backend,
+                    &mut worker,
+                    sockets,
+                    &control_rx,
+                    &DriverConfig::default(),
+                ) {
                     tracing::error!(worker = i, "worker stopped: {e}");
                 }
             })?;
-        workers.push(WorkerHandle { control, msgs, thread });
+        workers.push(WorkerHandle {
+            control,
+            msgs,
+            thread,
+        });
     }
     drop(ready_tx);
     drop(snap_tx);
@@ -200,7 +212,9 @@ fn reload(cli: &Cli, running: &Settings, workers: &[WorkerHandle]) {
     for w in workers {
         match fresh.credentials() {
             Ok(c) => {
-                let _ = w.msgs.send(WorkerMsg::Reload(Box::new((c, fresh.peer_policy()))));
+                let _ = w
+                    .msgs
+                    .send(WorkerMsg::Reload(Box::new((c, fresh.peer_policy()))));
             }
             Err(e) => {
                 tracing::error!("reload refused: {e}");
@@ -208,7 +222,11 @@ fn reload(cli: &Cli, running: &Settings, workers: &[WorkerHandle]) {
             }
         }
     }
-    tracing::info!(users = fresh.users.len(), secrets = fresh.secrets.len(), "configuration reloaded");
+    tracing::info!(
+        users = fresh.users.len(),
+        secrets = fresh.secrets.len(),
+        "configuration reloaded"
+    );
 }
 
 /// Stops taking allocations, stops every worker and waits for them, at most `deadline`.
@@ -231,7 +249,9 @@ fn stop(workers: Vec<WorkerHandle>, deadline: Duration) {
 fn print_demo_banner(s: &Settings, pass: &str) {
     let server: SocketAddr = s.listen[0];
     println!("uturn demo: realm {} user demo password {pass}", s.realm);
-    println!("try it with loadgen (peers on this machine are loopback addresses, so run uturn with");
+    println!(
+        "try it with loadgen (peers on this machine are loopback addresses, so run uturn with"
+    );
     println!("--allow-loopback-peers for that, as the line below assumes):");
     println!(
         "  cargo run --release -p loadgen -- --server {server} --realm {} --user demo:{pass} --agents 100 --duration 10s",

@@ -16,7 +16,11 @@ use crate::worker::Snapshot;
 
 /// Starts the metrics server on `addr`. It runs until `snapshots` is disconnected (all workers
 /// gone).
-pub fn spawn(addr: SocketAddr, snapshots: Receiver<Snapshot>, workers: usize) -> anyhow::Result<JoinHandle<()>> {
+pub fn spawn(
+    addr: SocketAddr,
+    snapshots: Receiver<Snapshot>,
+    workers: usize,
+) -> anyhow::Result<JoinHandle<()>> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {addr}: {e}"))?;
     let handle = std::thread::Builder::new()
@@ -70,27 +74,83 @@ pub fn render(latest: &[Option<Snapshot>]) -> String {
             let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", s.worker, f(&s.stats));
         }
     };
-    gauge(&mut o, "uturn_allocations_active", "Allocations alive now.", "gauge", &|s| s.allocations_active);
-    gauge(&mut o, "uturn_allocations_total", "Allocations created.", "counter", &|s| s.allocations_total);
-    gauge(&mut o, "uturn_permissions_active", "Permissions alive now.", "gauge", &|s| s.permissions_active);
-    gauge(&mut o, "uturn_channels_active", "Channel bindings alive now.", "gauge", &|s| s.channels_active);
-    gauge(&mut o, "uturn_auth_failures_total", "Requests that failed authentication.", "counter", &|s| s.auth_failures);
-    gauge(&mut o, "uturn_relay_open_failures_total", "Relay sockets that could not be opened (508).", "counter", &|s| s.relay_open_failures);
+    gauge(
+        &mut o,
+        "uturn_allocations_active",
+        "Allocations alive now.",
+        "gauge",
+        &|s| s.allocations_active,
+    );
+    gauge(
+        &mut o,
+        "uturn_allocations_total",
+        "Allocations created.",
+        "counter",
+        &|s| s.allocations_total,
+    );
+    gauge(
+        &mut o,
+        "uturn_permissions_active",
+        "Permissions alive now.",
+        "gauge",
+        &|s| s.permissions_active,
+    );
+    gauge(
+        &mut o,
+        "uturn_channels_active",
+        "Channel bindings alive now.",
+        "gauge",
+        &|s| s.channels_active,
+    );
+    gauge(
+        &mut o,
+        "uturn_auth_failures_total",
+        "Requests that failed authentication.",
+        "counter",
+        &|s| s.auth_failures,
+    );
+    gauge(
+        &mut o,
+        "uturn_relay_open_failures_total",
+        "Relay sockets that could not be opened (508).",
+        "counter",
+        &|s| s.relay_open_failures,
+    );
 
     for (name, help, f) in [
-        ("uturn_packets_relayed_total", "Datagrams relayed.", &(|s: &Stats| (s.packets_to_peer, s.packets_to_client)) as &dyn Fn(&Stats) -> (u64, u64)),
-        ("uturn_bytes_relayed_total", "Payload bytes relayed.", &|s: &Stats| (s.bytes_to_peer, s.bytes_to_client)),
+        (
+            "uturn_packets_relayed_total",
+            "Datagrams relayed.",
+            &(|s: &Stats| (s.packets_to_peer, s.packets_to_client))
+                as &dyn Fn(&Stats) -> (u64, u64),
+        ),
+        (
+            "uturn_bytes_relayed_total",
+            "Payload bytes relayed.",
+            &|s: &Stats| (s.bytes_to_peer, s.bytes_to_client),
+        ),
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for s in &snaps {
             let (p, c) = f(&s.stats);
-            let _ = writeln!(o, "{name}{{worker=\"{}\",direction=\"to_peer\"}} {p}", s.worker);
-            let _ = writeln!(o, "{name}{{worker=\"{}\",direction=\"to_client\"}} {c}", s.worker);
+            let _ = writeln!(
+                o,
+                "{name}{{worker=\"{}\",direction=\"to_peer\"}} {p}",
+                s.worker
+            );
+            let _ = writeln!(
+                o,
+                "{name}{{worker=\"{}\",direction=\"to_client\"}} {c}",
+                s.worker
+            );
         }
     }
 
     let name = "uturn_requests_total";
-    let _ = writeln!(o, "# HELP {name} STUN/TURN requests by method and result.\n# TYPE {name} counter");
+    let _ = writeln!(
+        o,
+        "# HELP {name} STUN/TURN requests by method and result.\n# TYPE {name} counter"
+    );
     for s in &snaps {
         for (mi, row) in s.stats.requests.iter().enumerate() {
             for (ri, n) in row.iter().enumerate() {
@@ -108,10 +168,19 @@ pub fn render(latest: &[Option<Snapshot>]) -> String {
     }
 
     let name = "uturn_dropped_total";
-    let _ = writeln!(o, "# HELP {name} Datagrams dropped without an answer, by reason.\n# TYPE {name} counter");
+    let _ = writeln!(
+        o,
+        "# HELP {name} Datagrams dropped without an answer, by reason.\n# TYPE {name} counter"
+    );
     for s in &snaps {
         for r in DropReason::ALL {
-            let _ = writeln!(o, "{name}{{worker=\"{}\",reason=\"{}\"}} {}", s.worker, r.name(), s.stats.dropped(r));
+            let _ = writeln!(
+                o,
+                "{name}{{worker=\"{}\",reason=\"{}\"}} {}",
+                s.worker,
+                r.name(),
+                s.stats.dropped(r)
+            );
         }
         let d = &s.driver;
         for (reason, n) in [
@@ -119,14 +188,29 @@ pub fn render(latest: &[Option<Snapshot>]) -> String {
             ("driver_queue", d.drops),
             ("truncated", d.truncated),
         ] {
-            let _ = writeln!(o, "{name}{{worker=\"{}\",reason=\"{reason}\"}} {n}", s.worker);
+            let _ = writeln!(
+                o,
+                "{name}{{worker=\"{}\",reason=\"{reason}\"}} {n}",
+                s.worker
+            );
         }
     }
 
     for (name, help, f) in [
-        ("uturn_driver_recv_packets_total", "Datagrams received.", &(|d: &crate::driver::Counters| d.recv_packets) as &dyn Fn(&crate::driver::Counters) -> u64),
-        ("uturn_driver_send_packets_total", "Datagrams sent.", &|d| d.send_packets),
-        ("uturn_driver_enobufs_total", "Receive buffer exhaustion events.", &|d| d.enobufs),
+        (
+            "uturn_driver_recv_packets_total",
+            "Datagrams received.",
+            &(|d: &crate::driver::Counters| d.recv_packets)
+                as &dyn Fn(&crate::driver::Counters) -> u64,
+        ),
+        ("uturn_driver_send_packets_total", "Datagrams sent.", &|d| {
+            d.send_packets
+        }),
+        (
+            "uturn_driver_enobufs_total",
+            "Receive buffer exhaustion events.",
+            &|d| d.enobufs,
+        ),
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for s in &snaps {

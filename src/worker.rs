@@ -86,7 +86,8 @@ impl RelayWorker {
     fn now(&self, instant: Instant) -> Now {
         Now {
             instant,
-            unix_secs: self.unix_base + instant.saturating_duration_since(self.clock_base).as_secs(),
+            unix_secs: self.unix_base
+                + instant.saturating_duration_since(self.clock_base).as_secs(),
         }
     }
 
@@ -116,7 +117,12 @@ struct Bridge<'a, I: Io> {
 }
 
 impl<I: Io> RelaySockets for Bridge<'_, I> {
-    fn open(&mut self, addr: SocketAddr, id: RelayId, dont_fragment: bool) -> Result<u32, OpenError> {
+    fn open(
+        &mut self,
+        addr: SocketAddr,
+        id: RelayId,
+        dont_fragment: bool,
+    ) -> Result<u32, OpenError> {
         let sock = self
             .io
             .open_udp_with(addr, UdpOptions { dont_fragment })

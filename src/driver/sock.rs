@@ -43,9 +43,17 @@ pub fn bind_udp_with(addr: SocketAddr, opts: UdpOptions) -> io::Result<UdpSocket
 fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let (level, name, value) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     // SAFETY: a valid fd, and a pointer to a c_int that lives for the call with its size.
     let rc = unsafe {

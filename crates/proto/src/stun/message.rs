@@ -29,7 +29,12 @@ pub const MAX_UNKNOWN: usize = 8;
 pub struct Message<'a> {
     raw: &'a [u8],
     typ: MessageType,
-    /// Attributes in `HEADER_LEN..visible_end` are the ones a reader sees.
+    /// Every attribute in `HEADER_LEN..open_end` is visible: the ones before the first of
+    /// MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and that one itself.
+    open_end: usize,
+    /// Past `open_end` only the integrity-sha256 and fingerprint offsets below are visible, and
+    /// nothing is visible past `visible_end`. The ignored attributes in between must stay
+    /// hidden: anyone can append an attribute after MESSAGE-INTEGRITY and recompute FINGERPRINT.
     visible_end: usize,
     integrity: Option<usize>,
     integrity_sha256: Option<usize>,
@@ -47,32 +52,40 @@ pub struct RawAttribute<'a> {
     pub offset: usize,
 }
 
-/// Iterates the TLVs of a validated message body.
+/// Iterates the visible TLVs of a validated message body.
 #[derive(Clone, Debug)]
 pub struct RawIter<'a> {
     raw: &'a [u8],
     at: usize,
     end: usize,
+    /// Attributes starting before this are all visible.
+    open_end: usize,
+    /// Offsets past `open_end` that are visible anyway (usize::MAX for none).
+    late: [usize; 2],
 }
 
 impl<'a> Iterator for RawIter<'a> {
     type Item = RawAttribute<'a>;
     fn next(&mut self) -> Option<Self::Item> {
-        if self.at + ATTR_HEADER_LEN > self.end {
-            return None;
+        loop {
+            if self.at + ATTR_HEADER_LEN > self.end {
+                return None;
+            }
+            let at = self.at;
+            let typ = u16::from_be_bytes([self.raw[at], self.raw[at + 1]]);
+            let len = usize::from(u16::from_be_bytes([self.raw[at + 2], self.raw[at + 3]]));
+            let value = self
+                .raw
+                .get(at + ATTR_HEADER_LEN..at + ATTR_HEADER_LEN + len)?;
+            self.at = at + ATTR_HEADER_LEN + padded(len);
+            if at < self.open_end || self.late.contains(&at) {
+                return Some(RawAttribute {
+                    typ,
+                    value,
+                    offset: at,
+                });
+            }
         }
-        let at = self.at;
-        let typ = u16::from_be_bytes([self.raw[at], self.raw[at + 1]]);
-        let len = usize::from(u16::from_be_bytes([self.raw[at + 2], self.raw[at + 3]]));
-        let value = self
-            .raw
-            .get(at + ATTR_HEADER_LEN..at + ATTR_HEADER_LEN + len)?;
-        self.at = at + ATTR_HEADER_LEN + padded(len);
-        Some(RawAttribute {
-            typ,
-            value,
-            offset: at,
-        })
     }
 }
 
@@ -106,6 +119,7 @@ impl<'a> Message<'a> {
         let mut msg = Message {
             raw,
             typ,
+            open_end: HEADER_LEN,
             visible_end: HEADER_LEN,
             integrity: None,
             integrity_sha256: None,
@@ -127,6 +141,7 @@ impl<'a> Message<'a> {
             if next > raw.len() {
                 return Err(ParseError::AttrValueTruncated);
             }
+            let open = stage == 0;
             let visible = match (stage, t) {
                 (0, types::MESSAGE_INTEGRITY) => {
                     if vlen != 20 {
@@ -163,6 +178,9 @@ impl<'a> Message<'a> {
             };
             if visible {
                 msg.visible_end = next;
+                if open {
+                    msg.open_end = next;
+                }
             }
             at = next;
         }
@@ -207,10 +225,13 @@ impl<'a> Message<'a> {
 
     /// The visible attributes in order, integrity attributes included.
     pub fn attributes(&self) -> RawIter<'a> {
+        let late = |o: Option<usize>| o.filter(|&o| o >= self.open_end).unwrap_or(usize::MAX);
         RawIter {
             raw: self.raw,
             at: HEADER_LEN,
             end: self.visible_end,
+            open_end: self.open_end,
+            late: [late(self.integrity_sha256), late(self.fingerprint)],
         }
     }
 

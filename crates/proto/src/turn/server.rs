@@ -148,7 +148,10 @@ impl Server {
     #[inline]
     fn millis(&mut self, t: Instant) -> Millis {
         if t != self.clock.0 {
-            self.clock = (t, t.saturating_duration_since(self.epoch).as_millis() as Millis);
+            self.clock = (
+                t,
+                t.saturating_duration_since(self.epoch).as_millis() as Millis,
+            );
         }
         self.clock.1
     }
