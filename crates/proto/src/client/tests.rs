@@ -1,4 +1,5 @@
 //! Tests of [`TurnClient`] against server responses built by hand with the codec's encoder.
+//! This whole file is test code: `mod.rs` declares it under #[cfg(test)].
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
