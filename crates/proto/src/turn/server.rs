@@ -46,6 +46,31 @@ const RESERVATION_LIFETIME: Millis = 30_000;
 /// IPv6 (4 + 20) + DATA header (4).
 pub const MAX_DATA_INDICATION_HEADER: usize = HEADER_LEN + 24 + 4;
 
+/// The allocation table's key: the client's address, the listening socket (or connection) it
+/// arrived on, and the transport, packed into 24 bytes. A listener token stands for the server
+/// address of the 5-tuple; packing keeps the table small and the hash cheap on the fast path.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+struct TupleKey([u64; 3]);
+
+impl TupleKey {
+    #[inline]
+    fn new(listener: u32, t: &FiveTuple) -> Self {
+        let transport = match t.transport {
+            Transport::Udp => 0u64,
+            Transport::Tcp => 1,
+            Transport::Tls => 2,
+        };
+        let tail = u64::from(t.client.port()) | (u64::from(listener) << 16) | (transport << 48);
+        match t.client.ip() {
+            IpAddr::V4(ip) => TupleKey([u64::from(u32::from(ip)), 0, tail]),
+            IpAddr::V6(ip) => {
+                let v = u128::from(ip);
+                TupleKey([(v >> 64) as u64, v as u64, tail | (1 << 63)])
+            }
+        }
+    }
+}
+
 /// A request rejected before any state changed: the error code, and how to sign the answer.
 struct Reject {
     code: u16,
@@ -81,7 +106,7 @@ pub struct Server {
     /// The last instant converted by `millis`, and the result.
     clock: (Instant, Millis),
     allocations: Slab<Allocation>,
-    by_tuple: HashMap<FiveTuple, usize, RandomState>,
+    by_tuple: HashMap<TupleKey, u32, RandomState>,
     per_user: HashMap<Box<str>, usize, RandomState>,
     ports_v4: PortPool,
     ports_v6: PortPool,
@@ -206,7 +231,7 @@ impl Server {
             return;
         }
         let a = self.allocations.remove(slot);
-        self.by_tuple.remove(&a.tuple);
+        self.by_tuple.remove(&TupleKey::new(a.listener, &a.tuple));
         if let Some(r) = a.relay_v4 {
             relays.close(r.handle);
             self.ports_v4.release(r.addr.port());
@@ -242,7 +267,7 @@ impl Server {
         relays: &mut R,
     ) -> Option<Transmit> {
         match classify(datagram) {
-            PacketKind::ChannelData => self.client_channel_data(now, &tuple, datagram),
+            PacketKind::ChannelData => self.client_channel_data(now, listener, &tuple, datagram),
             PacketKind::Stun => self.client_stun(now, listener, tuple, datagram, out, relays),
             PacketKind::Other => {
                 self.stats.drop(DropReason::Malformed);
@@ -257,6 +282,7 @@ impl Server {
     fn client_channel_data(
         &mut self,
         now: Now,
+        listener: u32,
         tuple: &FiveTuple,
         data: &[u8],
     ) -> Option<Transmit> {
@@ -264,12 +290,12 @@ impl Server {
             self.stats.drop(DropReason::Malformed);
             return None;
         };
-        let Some(&slot) = self.by_tuple.get(tuple) else {
+        let Some(&slot) = self.by_tuple.get(&TupleKey::new(listener, tuple)) else {
             self.stats.drop(DropReason::NoAllocation);
             return None;
         };
         let t = self.millis(now.instant);
-        let a = &mut self.allocations[slot];
+        let a = &mut self.allocations[slot as usize];
         let Some(peer) = a.channel_peer(cd.channel, t) else {
             self.stats.drop(DropReason::NoChannel);
             return None;
@@ -320,7 +346,7 @@ impl Server {
         match msg.class() {
             Class::Request => {}
             Class::Indication if msg.method() == Method::SEND => {
-                return self.client_send(now, &tuple, &msg);
+                return self.client_send(now, listener, &tuple, &msg);
             }
             // Indications are never answered; responses arriving at a server are ignored
             // (RFC 8489 section 6.3).
@@ -429,7 +455,10 @@ impl Server {
         if !msg.unknown_attributes().is_empty() {
             return Err(with(420));
         }
-        let slot = self.by_tuple.get(tuple).copied();
+        let slot = self
+            .by_tuple
+            .get(&TupleKey::new(listener, tuple))
+            .map(|s| *s as usize);
         // RFC 8656 section 5: requests on an existing allocation must come from its user.
         if let Some(s) = slot {
             if *self.allocations[s].user != *auth.user {
@@ -702,7 +731,8 @@ impl Server {
         };
         let inserted = self.allocations.insert(a);
         debug_assert_eq!(inserted, slot);
-        self.by_tuple.insert(*tuple, slot);
+        self.by_tuple
+            .insert(TupleKey::new(listener, tuple), slot as u32);
         *self.per_user.entry(auth.user).or_insert(0) += 1;
         self.stats.allocations_active += 1;
         self.stats.allocations_total += 1;
@@ -1031,11 +1061,18 @@ impl Server {
 
     /// Send indication (RFC 8656 section 10.2): forward the DATA value in place; any problem is a
     /// silent drop.
-    fn client_send(&mut self, now: Now, tuple: &FiveTuple, msg: &Message<'_>) -> Option<Transmit> {
-        let Some(&slot) = self.by_tuple.get(tuple) else {
+    fn client_send(
+        &mut self,
+        now: Now,
+        listener: u32,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+    ) -> Option<Transmit> {
+        let Some(&slot) = self.by_tuple.get(&TupleKey::new(listener, tuple)) else {
             self.stats.drop(DropReason::NoAllocation);
             return None;
         };
+        let slot = slot as usize;
         let peer = match msg.get::<XorPeerAddress>() {
             Ok(Some(XorPeerAddress(p))) => SocketAddr::new(canonical(p.ip()), p.port()),
             _ => {
