@@ -9,6 +9,7 @@
 pub mod channel_data;
 pub mod client;
 pub mod demux;
+pub mod stream;
 pub mod stun;
 pub mod turn;
 
