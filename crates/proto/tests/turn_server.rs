@@ -1640,3 +1640,102 @@ mod with_client {
         assert_eq!(h.server.allocation_count(), 0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// RFC 5780 NAT behaviour discovery.
+
+mod nat_discovery {
+    use super::*;
+    use uturn_proto::turn::config::NatDiscovery;
+
+    fn binding(h: &mut H, change: Option<ChangeRequest>, port: Option<u16>) -> Sent {
+        let tid = h.tid();
+        let req = request(Method::BINDING, tid, None, |e| {
+            if let Some(c) = change {
+                e.add(&c).unwrap();
+            }
+            if let Some(p) = port {
+                e.add(&ResponsePort(p)).unwrap();
+            }
+        });
+        h.client_sends(client(1), &req).unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn off_by_default_and_change_request_is_420() {
+        let mut h = H::new();
+        let r = binding(
+            &mut h,
+            Some(ChangeRequest {
+                change_ip: true,
+                change_port: false,
+            }),
+            None,
+        );
+        assert_eq!(error_code(&r.bytes), Some(420));
+        let m = parse(&r.bytes);
+        let list: Vec<u16> = m
+            .get::<UnknownAttributes<'_>>()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(list, vec![types::CHANGE_REQUEST]);
+        let r = binding(&mut h, None, None);
+        let m = parse(&r.bytes);
+        assert!(
+            m.get::<OtherAddress>().unwrap().is_none(),
+            "no OTHER-ADDRESS when off"
+        );
+        assert!(m.get::<ResponseOrigin>().unwrap().is_none());
+    }
+
+    #[test]
+    fn change_request_and_response_port_pick_socket_and_destination() {
+        let mut h = H::with(|c| {
+            c.nat_discovery = Some(NatDiscovery {
+                listeners: vec![
+                    (LISTENER, server_addr()),
+                    (8, addr("203.0.113.1:3479")),
+                    (9, addr("203.0.113.2:3478")),
+                    (10, addr("203.0.113.2:3479")),
+                ],
+            })
+        });
+        let cases = [
+            (None, LISTENER, "203.0.113.1:3478"),
+            (Some((false, false)), LISTENER, "203.0.113.1:3478"),
+            (Some((false, true)), 8, "203.0.113.1:3479"),
+            (Some((true, false)), 9, "203.0.113.2:3478"),
+            (Some((true, true)), 10, "203.0.113.2:3479"),
+        ];
+        for (change, via, origin) in cases {
+            let change = change.map(|(change_ip, change_port)| ChangeRequest {
+                change_ip,
+                change_port,
+            });
+            let r = binding(&mut h, change, None);
+            assert_eq!(r.via, Via::Listener(via), "{change:?}");
+            assert_eq!(r.to, client(1));
+            let m = parse(&r.bytes);
+            assert_eq!(
+                m.get::<XorMappedAddress>().unwrap(),
+                Some(XorMappedAddress(client(1)))
+            );
+            assert_eq!(
+                m.get::<ResponseOrigin>().unwrap(),
+                Some(ResponseOrigin(addr(origin)))
+            );
+            assert_eq!(
+                m.get::<OtherAddress>().unwrap(),
+                Some(OtherAddress(addr("203.0.113.2:3479")))
+            );
+        }
+        let r = binding(&mut h, None, Some(5555));
+        assert_eq!(r.to, SocketAddr::new(client(1).ip(), 5555), "RESPONSE-PORT");
+    }
+}

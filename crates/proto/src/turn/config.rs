@@ -2,7 +2,7 @@
 
 use super::auth::{Credentials, NonceKey};
 use super::policy::PeerPolicy;
-use core::net::IpAddr;
+use core::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Settings of one server instance (one worker).
@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// MAPPED-ADDRESS in Binding responses besides XOR-MAPPED-ADDRESS (off by default: larger
     /// responses, more reflection gain).
     pub mapped_address: bool,
+    /// RFC 5780 NAT behaviour discovery: off by default, because answering from other
+    /// addresses and to other ports raises the reflection gain an attacker can get.
+    pub nat_discovery: Option<NatDiscovery>,
     /// Seed for port choice and reservation tokens; the driver seeds it from the OS.
     pub seed: u64,
 }
@@ -71,7 +74,34 @@ impl ServerConfig {
             peer_policy: PeerPolicy::new(&super::policy::PeerPolicyConfig::default()),
             software: None,
             mapped_address: false,
+            nat_discovery: None,
             seed: 0x5eed,
         }
+    }
+}
+
+/// The listening sockets of one worker for RFC 5780: a primary and an alternate IP address,
+/// each with a primary and an alternate port, so that CHANGE-REQUEST can be answered from the
+/// socket with the other IP, the other port, or both.
+#[derive(Debug, Clone, Default)]
+pub struct NatDiscovery {
+    /// Every listening socket: the driver's token and its address.
+    pub listeners: Vec<(u32, SocketAddr)>,
+}
+
+impl NatDiscovery {
+    /// The socket that differs from `from` in IP (if `change_ip`) and port (if `change_port`)
+    /// and otherwise matches it, in the same address family.
+    pub fn alternate(
+        &self,
+        from: SocketAddr,
+        change_ip: bool,
+        change_port: bool,
+    ) -> Option<(u32, SocketAddr)> {
+        self.listeners.iter().copied().find(|(_, a)| {
+            a.is_ipv4() == from.is_ipv4()
+                && (a.ip() != from.ip()) == change_ip
+                && (a.port() != from.port()) == change_port
+        })
     }
 }

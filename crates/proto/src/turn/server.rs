@@ -13,10 +13,11 @@ use super::{FiveTuple, Now, Payload, Transmit, Transport, Via};
 use crate::channel_data::{self, ChannelData, ChannelNumber};
 use crate::demux::{classify, PacketKind};
 use crate::stun::attr::{
-    types, AdditionalAddressFamily, AddressErrorCode, DontFragment, EvenPort, Family, Lifetime,
-    MappedAddress, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, RequestedAddressFamily,
-    RequestedTransport, ReservationToken, Software, UnknownAttributes, Userhash, Username,
-    XorMappedAddress, XorPeerAddress, XorRelayedAddress,
+    types, AdditionalAddressFamily, AddressErrorCode, ChangeRequest, DontFragment, EvenPort,
+    Family, Lifetime, MappedAddress, Nonce, OtherAddress, PasswordAlgorithm, PasswordAlgorithms,
+    Realm, RequestedAddressFamily, RequestedTransport, ReservationToken, ResponseOrigin,
+    ResponsePort, Software, UnknownAttributes, Userhash, Username, XorMappedAddress,
+    XorPeerAddress, XorRelayedAddress,
 };
 use crate::stun::{
     Class, EncodeError, Encoder, Message, Method, PasswordAlgorithmId, TransactionId, HEADER_LEN,
@@ -356,8 +357,10 @@ impl Server {
             }
         }
         let method = msg.method();
+        if method == Method::BINDING {
+            return self.binding(now, listener, &tuple, &msg, out);
+        }
         let result = match method {
-            Method::BINDING => self.binding(&tuple, &msg, out),
             Method::ALLOCATE
             | Method::REFRESH
             | Method::CREATE_PERMISSION
@@ -400,7 +403,20 @@ impl Server {
                 e.add(&PasswordAlgorithms::List(&OFFERED))?;
             }
             420 => {
-                e.add(&UnknownAttributes::List(msg.unknown_attributes()))?;
+                // What was not understood: unknown comprehension-required types, or the RFC 5780
+                // attributes when NAT behaviour discovery is off.
+                let unknown = msg.unknown_attributes();
+                let rfc5780: smallvec::SmallVec<[u16; 2]> =
+                    [types::CHANGE_REQUEST, types::RESPONSE_PORT]
+                        .into_iter()
+                        .filter(|t| msg.has(*t))
+                        .collect();
+                let list = if unknown.is_empty() {
+                    &rfc5780[..]
+                } else {
+                    unknown
+                };
+                e.add(&UnknownAttributes::List(list))?;
             }
             _ => {}
         }
@@ -415,15 +431,80 @@ impl Server {
         }
     }
 
-    /// Binding (RFC 8489 section 6.3.1): reflect the client's address.
+    /// Binding (RFC 8489 section 6.3.1): reflect the client's address. With NAT behaviour
+    /// discovery on (RFC 5780), also OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST /
+    /// RESPONSE-PORT decide which socket answers and where to.
     fn binding(
+        &mut self,
+        now: Now,
+        listener: u32,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        match self.binding_response(tuple, msg, out) {
+            Ok((len, via, to)) => {
+                self.stats.request(Method::BINDING, None);
+                Some(Transmit {
+                    via: Via::Listener(via.unwrap_or(listener)),
+                    to,
+                    payload: Payload::Output(len),
+                })
+            }
+            Err(rej) => {
+                self.stats.request(Method::BINDING, Some(rej.code));
+                let len = self.error_response(now, tuple, msg, rej, out).ok()?;
+                Some(Transmit {
+                    via: Via::Listener(listener),
+                    to: tuple.client,
+                    payload: Payload::Output(len),
+                })
+            }
+        }
+    }
+
+    /// The success response to a Binding request, the listener to send it from (when not the
+    /// one it arrived on) and where to send it.
+    fn binding_response(
         &self,
         tuple: &FiveTuple,
         msg: &Message<'_>,
         out: &mut [u8],
-    ) -> Result<usize, Reject> {
+    ) -> Result<(usize, Option<u32>, SocketAddr), Reject> {
         if !msg.unknown_attributes().is_empty() {
             return Err(Reject::plain(420));
+        }
+        let change = msg.get::<ChangeRequest>().map_err(|_| Reject::plain(400))?;
+        let port = msg.get::<ResponsePort>().map_err(|_| Reject::plain(400))?;
+        let mut via = None;
+        let mut to = tuple.client;
+        let mut origin = None;
+        let mut other = None;
+        match &self.cfg.nat_discovery {
+            // RFC 5780 section 6.1: a server without an alternate address does not understand
+            // CHANGE-REQUEST, nor RESPONSE-PORT: 420, as a plain RFC 8489 server would answer.
+            None if change.is_some() || port.is_some() => return Err(Reject::plain(420)),
+            None => {}
+            Some(d) => {
+                let c = change.unwrap_or_default();
+                if c.change_ip || c.change_port {
+                    let (tok, addr) = d
+                        .alternate(tuple.server, c.change_ip, c.change_port)
+                        .ok_or(Reject::plain(420))?;
+                    via = Some(tok);
+                    origin = Some(addr);
+                } else {
+                    origin = Some(tuple.server);
+                }
+                other = d.alternate(tuple.server, true, true).map(|(_, a)| a);
+                // RESPONSE-PORT only makes sense for UDP (RFC 5780 section 7.5).
+                if let Some(ResponsePort(p)) = port {
+                    if tuple.transport != Transport::Udp {
+                        return Err(Reject::plain(400));
+                    }
+                    to = SocketAddr::new(tuple.client.ip(), p);
+                }
+            }
         }
         let mut build = || -> Result<usize, EncodeError> {
             let mut e = start(out, Method::BINDING, true, msg.transaction_id())?;
@@ -431,10 +512,17 @@ impl Server {
             if self.cfg.mapped_address {
                 e.add(&MappedAddress(tuple.client))?;
             }
+            if let Some(a) = origin {
+                e.add(&ResponseOrigin(a))?;
+            }
+            if let Some(a) = other {
+                e.add(&OtherAddress(a))?;
+            }
             self.software(&mut e)?;
             finish(e, None, msg.has_fingerprint())
         };
-        build().map_err(|_| Reject::plain(500))
+        let len = build().map_err(|_| Reject::plain(500))?;
+        Ok((len, via, to))
     }
 
     // -----------------------------------------------------------------------------------------
