@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(pair_priority(u32::MAX, u32::MAX), u64::MAX);
         assert_eq!(pair_priority(u32::MAX - 1, u32::MAX), u64::MAX - 1);
         // MIN dominates: a pair with a better worst candidate wins.
-        assert!(pair_priority(1000, 1000) > pair_priority(u32::MAX, 999));
+        assert!(pair_priority(1000, 1000) > pair_priority(top, 999));
     }
 
     #[test]
