@@ -522,11 +522,19 @@ impl Agent {
         let pair = &self.pairs[p];
         let local = &self.locals[usize::from(pair.local)];
         let local_pref = self.bases[usize::from(local.base)].local_pref;
+        // PRIORITY is what a peer-reflexive candidate learned from this check would get
+        // (RFC 8445 section 7.1.1). From a relayed candidate the peer can only learn the relay
+        // again, so the check keeps the relayed type preference: announced as peer-reflexive
+        // it would rank a relayed path above the direct server-reflexive ones.
+        let kind_pref = match local.kind {
+            CandidateKind::Relayed => CandidateKind::Relayed,
+            _ => CandidateKind::PeerReflexive,
+        };
         let check = Check {
             pair: p as u16,
             kind,
             controlling: self.controlling,
-            priority: candidate_priority(CandidateKind::PeerReflexive, local_pref, COMPONENT),
+            priority: candidate_priority(kind_pref, local_pref, COMPONENT),
         };
         let to = self.remotes[usize::from(pair.remote)].addr;
         let tid = self.rng.transaction_id();
