@@ -502,3 +502,148 @@ fn a_connected_agent_is_idle_between_consent_checks() {
     assert!((20..=60).contains(&datagrams), "{datagrams}");
     assert!(net.both_connected());
 }
+
+#[test]
+fn relayed_pairs_to_refused_addresses_fail_at_once() {
+    // Agent 0 may only relay; agent 1 has nothing but a private host address, which the TURN
+    // server refuses to relay to (403 to CreatePermission). Agent 0 need not wait for its
+    // checks to time out to know it is stuck.
+    let mut a = Spec::new(true);
+    a.nat = true;
+    a.servers = true;
+    a.policy = Policy::RelayOnly;
+    let mut b = Spec::new(false);
+    b.lan = 2;
+    b.nat = true;
+    let mut net = Net::new([a, b]);
+    assert!(net.run_until(SECS(30), |n| n.hosts[0].agent.state() == State::Failed));
+    let at = net.hosts[0].first(|e| *e == Event::Failed).unwrap();
+    assert!(at < SECS(1), "{at:?}");
+}
+
+/// Feeds host `i` thousands of corrupted copies of what it received so far, from `sources`.
+fn fuzz(net: &mut Net, i: usize, sources: &[std::net::SocketAddr]) {
+    let base = net.hosts[i].base;
+    let public = net.hosts[i].public;
+    let seeds: Vec<Vec<u8>> = net
+        .transcript
+        .iter()
+        .filter(|t| t.2 == base || Some(t.2) == public)
+        .map(|t| t.3.clone())
+        .collect();
+    assert!(!seeds.is_empty());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let now = net.now;
+    let mut buf = [0u8; 1500];
+    for _ in 0..10_000 {
+        let mut bytes = seeds[(next() % seeds.len() as u64) as usize].clone();
+        match next() % 4 {
+            0 => bytes.truncate((next() % (bytes.len() as u64 + 1)) as usize),
+            1 => bytes = (0..next() % 200).map(|_| next() as u8).collect(),
+            _ => {
+                for _ in 0..1 + next() % 4 {
+                    if !bytes.is_empty() {
+                        let at = (next() % bytes.len() as u64) as usize;
+                        bytes[at] ^= 1 << (next() % 8);
+                    }
+                }
+            }
+        }
+        let from = sources[(next() % sources.len() as u64) as usize];
+        let agent = &mut net.hosts[i].agent;
+        let _ = agent.handle_input(now, base, from, &bytes);
+        // Whatever it wants to send in reply is taken and discarded.
+        while agent.poll_transmit(&mut buf).is_some() {}
+    }
+}
+
+#[test]
+fn hostile_datagrams_change_nothing() {
+    let mut net = Net::new([Spec::new(true), Spec::new(false)]);
+    assert!(net.run_until(SECS(5), Net::both_connected));
+    let peer = net.hosts[1].base;
+    let stranger: std::net::SocketAddr = "10.0.1.99:4444".parse().unwrap();
+    fuzz(&mut net, 0, &[peer, stranger]);
+    assert!(
+        net.hosts[0].agent.stats().invalid > 0,
+        "corrupted checks were counted"
+    );
+    assert_eq!(net.hosts[0].agent.state(), State::Connected);
+    net.run_for(SECS(1));
+    assert!(net.both_connected());
+    exchange_data(&mut net);
+
+    // Through the TURN client too.
+    let mut spec = [Spec::new(true), Spec::new(false)];
+    for (i, s) in spec.iter_mut().enumerate() {
+        s.lan = i as u8 + 1;
+        s.nat = true;
+        s.servers = true;
+        s.policy = Policy::RelayOnly;
+    }
+    let mut net = Net::new(spec);
+    assert!(net.run_until(SECS(10), Net::both_connected));
+    net.run_for(Duration::from_millis(100));
+    let peer = selected(&net, 0).remote;
+    fuzz(&mut net, 0, &[net::server_addr(), peer]);
+    net.run_for(SECS(1));
+    assert!(net.both_connected());
+    exchange_data(&mut net);
+}
+
+#[test]
+fn remote_candidates_are_checked_before_use() {
+    use std::time::Instant;
+    use uturn_ice::{Agent, AgentConfig, AgentError, Candidate};
+    let now = Instant::now();
+    let mut agent = Agent::new(AgentConfig::new(true, [1; 32])).unwrap();
+    let parse = |l: &str| Candidate::parse(l).unwrap();
+    let mdns = parse("candidate:1 1 udp 1 6f3c1a6e-1d2b-4c1e-9a3d-1e2f3a4b5c6d.local 5 typ host");
+    assert_eq!(
+        agent.add_remote_candidate(now, &mdns),
+        Err(AgentError::Unresolved)
+    );
+    let rtcp = parse("candidate:1 2 udp 1 10.0.0.1 5 typ host");
+    assert_eq!(
+        agent.add_remote_candidate(now, &rtcp),
+        Err(AgentError::Component)
+    );
+    for bad in ["0.0.0.0 5", "10.0.0.1 0", "224.0.0.251 5353"] {
+        let c = parse(&format!("candidate:1 1 udp 1 {bad} typ host"));
+        assert_eq!(
+            agent.add_remote_candidate(now, &c),
+            Err(AgentError::Unusable),
+            "{bad}"
+        );
+    }
+    // The table is bounded: a peer cannot make the agent grow without limit.
+    let mut added = 0;
+    for i in 0..100u16 {
+        let c = parse(&format!(
+            "candidate:1 1 udp 1 10.0.{}.{} 5 typ host",
+            i / 250,
+            i % 250 + 1
+        ));
+        match agent.add_remote_candidate(now, &c) {
+            Ok(()) => added += 1,
+            Err(e) => assert_eq!(e, AgentError::TooManyCandidates),
+        }
+    }
+    assert_eq!(added, uturn_ice::agent::MAX_REMOTES);
+    assert!(agent
+        .set_remote_credentials("ab", "remotepassword22charsxx")
+        .is_err());
+    assert!(agent.set_remote_credentials("abcd", "short").is_err());
+    assert!(agent
+        .add_host(
+            "10.0.0.1:1".parse().unwrap(),
+            Some("not-mdns.example".into())
+        )
+        .is_err());
+}

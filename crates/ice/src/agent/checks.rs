@@ -440,6 +440,31 @@ impl Agent {
         }
     }
 
+    /// A CreatePermission failed (403 for an address the server will not relay to, typically
+    /// a private one): the relayed pairs to addresses left without a permission cannot work,
+    /// so they fail now instead of after their whole retransmission schedule.
+    pub(super) fn fail_pairs_without_permission(&mut self, now: Instant, b: usize) {
+        for p in 0..self.pairs.len() {
+            let pair = &self.pairs[p];
+            let local = &self.locals[usize::from(pair.local)];
+            let peer = self.remotes[usize::from(pair.remote)].addr.ip();
+            let doomed = usize::from(local.base) == b
+                && local.kind == CandidateKind::Relayed
+                && pair.state != PairState::Failed
+                && Some(p as u16) != self.selected
+                && self.bases[b]
+                    .turn
+                    .as_deref()
+                    .is_some_and(|t| !t.has_permission(peer));
+            if doomed {
+                if let Some(tid) = self.pairs[p].in_flight.take() {
+                    self.checks.remove(&tid);
+                }
+                self.check_failed_on(now, p, CheckKind::Connectivity);
+            }
+        }
+    }
+
     pub(super) fn fail_pairs_of_local(&mut self, l: usize) {
         for p in 0..self.pairs.len() {
             if usize::from(self.pairs[p].local) != l {
@@ -610,6 +635,7 @@ impl Agent {
         {
             return;
         }
+        let settled = self.nominate_at.is_some_and(|t| now >= t);
         let Some((best, best_prio)) = self
             .pairs
             .iter()
@@ -618,6 +644,12 @@ impl Agent {
             .max_by_key(|(_, p)| p.priority)
             .map(|(i, p)| (i, p.priority))
         else {
+            // Nothing to nominate (the last valid pair failed its nomination): the timer is
+            // disarmed, or `poll_timeout` would keep returning an instant already past. The next
+            // success arms it again.
+            if settled {
+                self.nominate_at = None;
+            }
             return;
         };
         let better_pending = self.pairs.iter().any(|p| {
@@ -625,7 +657,6 @@ impl Agent {
         });
         let complete =
             self.gathering == Step::Done && self.remote_gathering_done && !better_pending;
-        let settled = self.nominate_at.is_some_and(|t| now >= t);
         if complete || settled {
             let best = best as u16;
             self.nominating = Some(best);

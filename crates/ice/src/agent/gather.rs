@@ -257,6 +257,9 @@ impl Agent {
             ClientEvent::Failed { method, .. } if method == Method::ALLOCATE => {
                 self.bases[b].relay = Step::Done;
             }
+            ClientEvent::Failed { method, .. } if method == Method::CREATE_PERMISSION => {
+                self.fail_pairs_without_permission(now, b);
+            }
             _ => {}
         }
     }

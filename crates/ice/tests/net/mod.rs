@@ -272,6 +272,7 @@ impl Net {
     pub fn run_until(&mut self, limit: Duration, stop: impl Fn(&Net) -> bool) -> bool {
         let end = self.now + limit;
         let mut buf = vec![0u8; 1500];
+        let mut spins = 0u32;
         loop {
             self.flush(&mut buf);
             if stop(self) {
@@ -293,6 +294,9 @@ impl Net {
                     return stop(self);
                 }
             };
+            // An agent whose timer stays in the past would spin here forever.
+            spins = if next <= self.now { spins + 1 } else { 0 };
+            assert!(spins < 10_000, "busy loop: a timer does not move on");
             self.now = self.now.max(next);
             while self.queue.front().is_some_and(|d| d.at <= self.now) {
                 let d = self.queue.pop_front().unwrap();
