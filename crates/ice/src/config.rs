@@ -128,8 +128,6 @@ pub enum ConfigError {
     Consent,
     #[error("relay-only policy without a TURN server")]
     RelayOnlyWithoutTurn,
-    #[error("TURN client: {0}")]
-    Turn(#[from] uturn_proto::client::ClientError),
 }
 
 #[cfg(test)]

@@ -488,6 +488,10 @@ impl Agent {
         if !self.triggered.contains(&p) {
             self.triggered.push_back(p);
         }
+        // The peer's checks reach us after all: there is something to try again.
+        if self.state == State::Failed {
+            self.state = State::Checking;
+        }
     }
 
     // -----------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use uturn_proto::client::{ClientConfig, Event as ClientEvent, RelayFamily, TurnClient};
+use uturn_proto::client::{
+    ClientConfig, ClientError, Event as ClientEvent, RelayFamily, TurnClient,
+};
 use uturn_proto::stun::Method;
 
 use super::{
@@ -14,7 +16,7 @@ use super::{
 use crate::candidate::{
     candidate_priority, is_mdns_name, Address, Candidate, CandidateKind, COMPONENT,
 };
-use crate::config::Policy;
+use crate::config::{Policy, TurnServer};
 
 /// Requests one STUN/TURN client may have outstanding: the allocation's refresh, a channel
 /// binding and a permission per remote address, with room to spare.
@@ -53,7 +55,9 @@ impl Agent {
             _ => None,
         };
         let turn = match &self.config.turn {
-            Some(t) if same_family(&t.server, &base) => Some(Box::new(self.turn_client()?)),
+            Some(t) if same_family(&t.server, &base) => {
+                Some(Box::new(turn_client(t, self.rng.seed())?))
+            }
             _ => None,
         };
         self.bases.push(Base {
@@ -66,17 +70,6 @@ impl Agent {
             relay: Step::Idle,
         });
         Ok(())
-    }
-
-    fn turn_client(&mut self) -> Result<TurnClient, AgentError> {
-        let Some(t) = &self.config.turn else {
-            return Err(AgentError::Turn(
-                uturn_proto::client::ClientError::NotAllocated,
-            ));
-        };
-        let mut c = ClientConfig::new(t.server, t.username.clone(), t.password.clone());
-        c.max_transactions = CLIENT_TRANSACTIONS;
-        Ok(TurnClient::new(c, self.rng.seed())?)
     }
 
     /// Starts gathering on every socket added: host candidates are announced at once,
@@ -248,9 +241,10 @@ impl Agent {
                 // The restart probe failed: the allocation is gone or the server unreachable.
                 // A fresh client forgets the old allocation and its session, then allocates.
                 self.kill_relay(b);
-                match self.turn_client() {
-                    Ok(c) => self.bases[b].turn = Some(Box::new(c)),
-                    Err(_) => self.bases[b].turn = None,
+                if let Some(t) = &self.config.turn {
+                    // The configuration was accepted by `add_host` already.
+                    let fresh = turn_client(t, self.rng.seed()).ok().map(Box::new);
+                    self.bases[b].turn = fresh;
                 }
                 self.start_relay(now, b, false);
             }
@@ -403,6 +397,13 @@ impl Agent {
             self.check_failed();
         }
     }
+}
+
+/// A TURN client for `t`, renewing on its own what it holds (RFC 8656 sections 8, 9, 12).
+fn turn_client(t: &TurnServer, seed: [u8; 32]) -> Result<TurnClient, ClientError> {
+    let mut c = ClientConfig::new(t.server, t.username.clone(), t.password.clone());
+    c.max_transactions = CLIENT_TRANSACTIONS;
+    TurnClient::new(c, seed)
 }
 
 /// The relayed family to ask for: the TURN server's own.
