@@ -12,10 +12,18 @@
 //!
 //! Simplifications, each deliberate for a single-stream load generator:
 //! - one component (RTP/RTCP multiplexed), UDP only, one data stream: no frozen pairs;
-//! - regular nomination only (no aggressive nomination, which RFC 8445 deprecates);
-//! - a check already In-Progress is not cancelled by a triggered one (section 7.3.1.4);
-//! - invalid check requests are dropped silently instead of answered 400/401;
-//! - the checklist is bounded ([`agent::MAX_PAIRS`] and friends) rather than pruned to 100.
+//! - regular nomination only (RFC 8445 deprecates aggressive nomination); the controlled agent
+//!   keeps the first pair it selected, so if every copy of a nomination check's response is
+//!   lost the two sides may send on different (working) pairs;
+//! - a check already In-Progress is not cancelled by a triggered one (section 7.3.1.4), which
+//!   avoids two agents cancelling each other's checks under latency;
+//! - checks from a relayed candidate carry the relayed type preference in PRIORITY rather than
+//!   the peer-reflexive one, so that relay paths never outrank direct ones at the peer;
+//! - invalid check requests are dropped silently instead of answered 400/401, so a forged
+//!   request makes the agent send nothing;
+//! - the retransmission timeout of checks is a fixed 500 ms ([`CHECK_RETRANSMIT`]), which is
+//!   what RFC 8445 section 14.3's `MAX(500 ms, Ta * N)` gives for up to ten pairs;
+//! - tables are bounded ([`agent::MAX_PAIRS`] and friends) rather than pruned to 100 pairs.
 
 pub mod agent;
 pub mod candidate;

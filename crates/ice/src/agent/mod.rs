@@ -14,8 +14,8 @@
 //! }
 //! ```
 //!
-//! The modules below split the work: [`gather`] keeps the bases, their STUN and TURN clients and
-//! the local candidates; [`checks`] runs the checklist, answers the peer's checks, nominates and
+//! The modules below split the work: `gather` keeps the bases, their STUN and TURN clients and
+//! the local candidates; `checks` runs the checklist, answers the peer's checks, nominates and
 //! keeps consent.
 
 mod checks;
@@ -567,7 +567,8 @@ impl Agent {
     /// candidates are announced at once; server-reflexive ones are gathered again (the NAT
     /// mapping may have changed); each TURN allocation is kept but first probed with a Refresh,
     /// and allocated anew if the server no longer knows it (after a relay restart or a NAT
-    /// rebinding). The peer must restart too and signal its new credentials and candidates.
+    /// rebinding). The peer must restart too: restart both agents before passing either one's
+    /// new credentials and candidates, or the peer's restart would forget what it was told.
     pub fn restart(&mut self, now: Instant, credentials: Option<Credentials>) {
         self.now = Some(now);
         self.local_creds = match credentials {
