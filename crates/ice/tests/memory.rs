@@ -1,45 +1,56 @@
 //! How much memory a connected agent holds, measured with a counting global allocator: the
 //! load generator runs 10,000 agents on two cores, so an agent must stay at a few KiB.
 //!
-//! This is its own test binary because the allocator is process-wide; its tests take a lock so
-//! that no other test allocates while one measures.
+//! This is its own test binary because the allocator is process-wide. The counters are kept
+//! per thread, so that the test harness printing results on its own thread does not show up in
+//! a test's figures.
 
 mod net;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use net::{Net, Spec};
 use uturn_ice::{Agent, AgentConfig, Event, Input, Policy, State};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Counts live heap bytes.
+/// Counts live heap bytes and allocations, per thread.
 struct Counting;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    // `const` initialisers with no destructor: using them allocates nothing, which matters
+    // inside an allocator.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
 
-// SAFETY: every call is forwarded to the system allocator unchanged; the counter only observes.
+fn count(bytes: isize, allocations: usize) {
+    let _ = LIVE.try_with(|l| l.set(l.get() + bytes));
+    let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + allocations));
+}
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count(layout.size() as isize, 1);
         // SAFETY: the caller upholds `alloc`'s contract, which is `System.alloc`'s.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        count(-(layout.size() as isize), 0);
         // SAFETY: `ptr` came from `alloc` above with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
+        count(new_size as isize - layout.size() as isize, 1);
         // SAFETY: as for `dealloc` and `alloc`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -70,15 +81,14 @@ fn heap_of_connected_pair(policy: Policy, servers: bool) -> usize {
     assert!(net.both_connected());
     let agents: Vec<Agent> = net.hosts.drain(..).map(|h| h.agent).collect();
     let vec_buffer = agents.capacity() * std::mem::size_of::<Agent>();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     drop(agents);
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = live();
     (before - after) as usize - vec_buffer
 }
 
 #[test]
 fn a_connected_agent_holds_a_few_kib() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let inline = std::mem::size_of::<Agent>();
     let host = heap_of_connected_pair(Policy::All, false) / 2;
     let relay = heap_of_connected_pair(Policy::RelayOnly, true) / 2;
@@ -115,7 +125,6 @@ fn wire(agents: &mut [Agent; 2], now: Instant, buf: &mut [u8], received: &mut us
 
 #[test]
 fn steady_state_allocates_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let mk = |controlling, seed, base: &str| {
         let mut a = Agent::new(AgentConfig::new(controlling, [seed; 32])).unwrap();
@@ -164,7 +173,7 @@ fn steady_state_allocates_nothing() {
     }
     assert!(agents.iter().all(|a| a.state() == State::Connected));
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     received = 0;
     let mut sent = 0;
     // Two minutes of consent checks, and ten datagrams each way at every wakeup.
@@ -187,7 +196,7 @@ fn steady_state_allocates_nothing() {
         }
         step(&mut agents, &mut now, &mut received);
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     assert!(sent >= 500, "{sent}");
     assert_eq!(received, sent);
     assert_eq!(allocations, 0, "the data path and consent allocate nothing");
