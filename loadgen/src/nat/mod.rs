@@ -20,7 +20,7 @@
 //! Nothing here reads a clock, draws randomness on its own or owns a socket.
 
 mod mdns;
-mod network;
+pub mod network;
 mod spec;
 
 use std::cmp::Reverse;
