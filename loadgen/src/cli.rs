@@ -208,8 +208,7 @@ impl Config {
                     .map_or(0, |d| d.as_secs());
                 let expiry = now + (a.ramp + a.duration + REST_MARGIN).as_secs();
                 let username = format!("{expiry}:loadgen");
-                let password =
-                    uturn_proto::turn::auth::rest_password(secret.as_bytes(), &username);
+                let password = uturn_proto::turn::auth::rest_password(secret.as_bytes(), &username);
                 Credentials {
                     username,
                     password,
@@ -249,7 +248,9 @@ impl Config {
             return Err(err("setup-timeout", "must be positive"));
         }
         let nat = match &a.nat {
-            Some(s) => s.parse::<NatSpec>().map_err(|e| err("nat", e.to_string()))?,
+            Some(s) => s
+                .parse::<NatSpec>()
+                .map_err(|e| err("nat", e.to_string()))?,
             None => NatSpec::None,
         };
         let pairs = agents / 2;
@@ -270,7 +271,9 @@ impl Config {
             if a.policy == Policy::All {
                 // Relay is all turn-only does; say so only if it could surprise.
                 if a.nat.is_some() {
-                    notes.push("turn-only mode: every client is relayed (--policy does not apply)".into());
+                    notes.push(
+                        "turn-only mode: every client is relayed (--policy does not apply)".into(),
+                    );
                 }
             }
         }
@@ -286,7 +289,10 @@ impl Config {
         if let Some(pid) = a.server_pid {
             let path = format!("/proc/{pid}/stat");
             if !std::path::Path::new(&path).exists() {
-                return Err(err("server-pid", format!("no process {pid} ({path} is missing)")));
+                return Err(err(
+                    "server-pid",
+                    format!("no process {pid} ({path} is missing)"),
+                ));
             }
         }
         Ok(Config {
@@ -431,7 +437,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.agents, 8);
-        assert!(c.notes.iter().any(|n| n.contains("rounded up to 8")), "{:?}", c.notes);
+        assert!(
+            c.notes.iter().any(|n| n.contains("rounded up to 8")),
+            "{:?}",
+            c.notes
+        );
         assert_eq!(c.duration, Duration::from_millis(500));
         assert_eq!(c.ramp, Duration::ZERO);
         assert!(c.max_rate && c.chaos && c.quiet);
@@ -445,7 +455,10 @@ mod tests {
         let (expiry, name) = c.credentials.username.split_once(':').unwrap();
         assert_eq!(name, "loadgen");
         let expiry: u64 = expiry.parse().unwrap();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(expiry > now + 3000);
         assert_eq!(
             c.credentials.password,
@@ -463,19 +476,53 @@ mod tests {
     fn clear_errors() {
         let cases: &[(&[&str], &str)] = &[
             (&["--agents", "2"], "--user"),
-            (&["--user", "a:b", "--auth-secret", "x", "--agents", "2"], "cannot be used with"),
-            (&["--user", "ab", "--agents", "2"], "--user: expected NAME:PASSWORD"),
-            (&["--user", "a:", "--agents", "2"], "--user: expected NAME:PASSWORD"),
+            (
+                &["--user", "a:b", "--auth-secret", "x", "--agents", "2"],
+                "cannot be used with",
+            ),
+            (
+                &["--user", "ab", "--agents", "2"],
+                "--user: expected NAME:PASSWORD",
+            ),
+            (
+                &["--user", "a:", "--agents", "2"],
+                "--user: expected NAME:PASSWORD",
+            ),
             (&["--user", "a:b", "--agents", "1"], "--agents: at least 2"),
             (&["--user", "a:b", "--agents", "2", "--rate", "0"], "--rate"),
-            (&["--user", "a:b", "--agents", "2", "--size", "10"], "--size: 24 to 1400"),
-            (&["--user", "a:b", "--agents", "2", "--duration", "0"], "--duration"),
-            (&["--user", "a:b", "--agents", "2", "--duration", "soon"], "expected a number"),
-            (&["--user", "a:b", "--agents", "2", "--nat", "cone"], "--nat: unknown NAT"),
-            (&["--user", "a:b", "--agents", "2", "--threads", "0"], "--threads"),
-            (&["--user", "a:b", "--agents", "2", "--nat-matrix"], "--mode ice"),
             (
-                &["--user", "a:b", "--agents", "2", "--server-pid", "4294967295"],
+                &["--user", "a:b", "--agents", "2", "--size", "10"],
+                "--size: 24 to 1400",
+            ),
+            (
+                &["--user", "a:b", "--agents", "2", "--duration", "0"],
+                "--duration",
+            ),
+            (
+                &["--user", "a:b", "--agents", "2", "--duration", "soon"],
+                "expected a number",
+            ),
+            (
+                &["--user", "a:b", "--agents", "2", "--nat", "cone"],
+                "--nat: unknown NAT",
+            ),
+            (
+                &["--user", "a:b", "--agents", "2", "--threads", "0"],
+                "--threads",
+            ),
+            (
+                &["--user", "a:b", "--agents", "2", "--nat-matrix"],
+                "--mode ice",
+            ),
+            (
+                &[
+                    "--user",
+                    "a:b",
+                    "--agents",
+                    "2",
+                    "--server-pid",
+                    "4294967295",
+                ],
                 "no process",
             ),
         ];

@@ -111,11 +111,12 @@ pub struct Fabric {
 
 impl Fabric {
     /// Direct agents bind `direct_ip` (loopback); emulated LANs take their ids from `lans`
-    /// (disjoint per worker, see [`Network::new`]).
-    pub fn new(direct_ip: IpAddr, lans: std::ops::Range<u32>) -> Self {
+    /// (disjoint per worker, see [`Network::new`]); `seed` picks where NATs start handing out
+    /// ports (see [`Network::with_seed`]).
+    pub fn new(direct_ip: IpAddr, lans: std::ops::Range<u32>, seed: u64) -> Self {
         Fabric {
             direct_ip,
-            net: Network::new(lans),
+            net: Network::with_seed(lans, seed),
             agents: Vec::new(),
             owners: HashMap::new(),
             public: HashMap::new(),
@@ -165,7 +166,11 @@ impl Fabric {
     }
 
     /// Makes agent `ix` a new host on `lan`; returns its private address.
-    pub fn add_private_agent(&mut self, lan: LanId, ix: AgentIx) -> Result<SocketAddr, FabricError> {
+    pub fn add_private_agent(
+        &mut self,
+        lan: LanId,
+        ix: AgentIx,
+    ) -> Result<SocketAddr, FabricError> {
         let ip = self.net.add_host(lan)?;
         let addr = SocketAddrV4::new(ip, PRIVATE_PORT);
         self.set(ix, Endpoint::Private { lan, addr });
@@ -415,8 +420,11 @@ mod tests {
         let t = Instant::now();
         let mut io = StdIo::default();
         // LAN ids far from other tests' so that the 127.x addresses do not collide.
-        let mut f = Fabric::new(DIRECT_IP, 40_000..40_010);
-        let b = NatBehavior::new(Mapping::EndpointIndependent, Filtering::AddressAndPortDependent);
+        let mut f = Fabric::new(DIRECT_IP, 40_000..40_010, 0);
+        let b = NatBehavior::new(
+            Mapping::EndpointIndependent,
+            Filtering::AddressAndPortDependent,
+        );
         let lan = f.add_lan(b).unwrap();
         let a = f.add_private_agent(lan, 0).unwrap();
         assert_eq!(a, "10.156.64.1:5000".parse().unwrap()); // 40000 = 0x9c40
@@ -461,7 +469,7 @@ mod tests {
     fn lan_and_hairpin_traffic_stays_in_process() {
         let t = Instant::now();
         let mut io = StdIo::default();
-        let mut f = Fabric::new(DIRECT_IP, 40_010..40_020);
+        let mut f = Fabric::new(DIRECT_IP, 40_010..40_020, 0);
         let b = NatBehavior::new(Mapping::EndpointIndependent, Filtering::EndpointIndependent);
         let lan = f.add_lan(b).unwrap();
         let other = f.add_lan(b).unwrap();
@@ -481,7 +489,11 @@ mod tests {
         assert!(f.send(t, &mut io, 0, c_public, b"hairpin"));
         let (agent, from, data) = f.poll_local().unwrap();
         assert_eq!((agent, data.as_slice()), (1, &b"hairpin"[..]));
-        assert_eq!(from.ip(), IpAddr::V4(lan.public_ip()), "seen from A's public address");
+        assert_eq!(
+            from.ip(),
+            IpAddr::V4(lan.public_ip()),
+            "seen from A's public address"
+        );
         assert_eq!(f.poll_local(), None);
         assert_eq!(f.sockets(), 2, "one public socket per mapping (A's, C's)");
     }
@@ -490,7 +502,7 @@ mod tests {
     fn chaos_closes_every_public_socket() {
         let t = Instant::now();
         let mut io = StdIo::default();
-        let mut f = Fabric::new(DIRECT_IP, 40_020..40_030);
+        let mut f = Fabric::new(DIRECT_IP, 40_020..40_030, 0);
         let b = NatBehavior::new(
             Mapping::AddressAndPortDependent,
             Filtering::AddressAndPortDependent,
@@ -498,7 +510,13 @@ mod tests {
         let lan = f.add_lan(b).unwrap();
         f.add_private_agent(lan, 0).unwrap();
         for port in [1u16, 2, 3] {
-            assert!(f.send(t, &mut io, 0, SocketAddr::from(([127, 0, 0, 1], port)), b"x"));
+            assert!(f.send(
+                t,
+                &mut io,
+                0,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                b"x"
+            ));
         }
         assert_eq!(f.sockets(), 3);
         f.expire_all_mappings(&mut io);

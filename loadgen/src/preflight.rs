@@ -216,7 +216,9 @@ impl Exchange {
             let now = Instant::now();
             let wait = client
                 .poll_timeout()
-                .map_or(Duration::from_millis(100), |t| t.saturating_duration_since(now))
+                .map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(now)
+                })
                 .max(Duration::from_millis(1));
             let _ = self.sock.set_read_timeout(Some(wait));
             match self.sock.recv(&mut self.buf) {
@@ -258,7 +260,10 @@ mod tests {
         let e = run(server, &creds()).unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         assert!(
-            matches!(e, PreflightError::Refused { .. } | PreflightError::Unreachable { .. }),
+            matches!(
+                e,
+                PreflightError::Refused { .. } | PreflightError::Unreachable { .. }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains(&server.to_string()), "{e}");

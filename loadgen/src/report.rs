@@ -393,7 +393,11 @@ impl Report {
                 "loadgen's threads were saturated: the relay may have had more to give (add --threads or machines)".into(),
             ));
         }
-        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         for (k, v) in rows {
             let _ = writeln!(out, "  {k:<width$}  {v}");
         }
@@ -410,7 +414,11 @@ pub fn plot(timeline: &[Second], title: &str, path: &Path) -> Result<(), PlotErr
     let err = |e: &dyn std::fmt::Display| PlotError(e.to_string());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let t_max = timeline.iter().map(|s| s.t + 1).max().unwrap_or(1);
-    let pps_max = timeline.iter().map(|s| s.pps.max(s.sent_pps)).max().unwrap_or(0);
+    let pps_max = timeline
+        .iter()
+        .map(|s| s.pps.max(s.sent_pps))
+        .max()
+        .unwrap_or(0);
     let p99_max = timeline.iter().map(|s| s.p99_us).max().unwrap_or(0);
     // Headroom above the highest point; at least 1 so an empty run still draws axes.
     let y_pps = (pps_max as f64 * 1.1).max(1.0);
@@ -473,9 +481,11 @@ mod tests {
     use crate::stats::CandidateType;
 
     fn sample() -> Report {
-        let mut s = Stats::default();
-        s.agents = 4;
-        s.connected = 3;
+        let mut s = Stats {
+            agents: 4,
+            connected: 3,
+            ..Stats::default()
+        };
         s.fail("allocate: 401 Unauthenticated");
         s.candidates.add(CandidateType::Relay);
         s.candidates.add(CandidateType::Relay);
@@ -605,7 +615,10 @@ mod tests {
         let readme = include_str!("../README.md");
         for k in DOCUMENTED_KEYS {
             // "/ice/setup_ms/p50" is documented as `ice.setup_ms.p50`.
-            let dotted = k.trim_start_matches('/').replace("/0/", "[].").replace('/', ".");
+            let dotted = k
+                .trim_start_matches('/')
+                .replace("/0/", "[].")
+                .replace('/', ".");
             assert!(readme.contains(&dotted), "README lacks `{dotted}`");
         }
     }

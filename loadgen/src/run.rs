@@ -99,6 +99,8 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
     let lans_per_worker = MAX_LANS / threads as u32;
+    // Never 0: a seeded network starts its NATs' ports at a random point (see Network).
+    let nat_seed = rand::random::<u64>() | 1;
 
     // Pair j goes to worker j % threads: the ramp interleaves workers.
     let mut starts: Vec<Vec<Instant>> = vec![Vec::new(); threads];
@@ -131,7 +133,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         };
         agent_base += agents_here;
         let lans = w as u32 * lans_per_worker..(w as u32 + 1) * lans_per_worker;
-        let fabric = Fabric::new(direct_ip, lans);
+        let fabric = Fabric::new(direct_ip, lans, nat_seed);
         let scenario = TurnOnly::new(TurnOnlyConfig {
             server: config.server,
             credentials: config.credentials.clone(),
@@ -185,7 +187,10 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         missing,
     } = collected;
     if let Some(w) = missing {
-        return Err(RunError::Worker(w, "did not report its results in time".into()));
+        return Err(RunError::Worker(
+            w,
+            "did not report its results in time".into(),
+        ));
     }
 
     let window_s = config.duration.as_secs_f64();

@@ -148,9 +148,7 @@ impl SeqWindow {
                 // Everything in the window that was not seen is gone, and so is every number
                 // skipped beyond it.
                 let unseen: u64 = self.seen.iter().map(|w| u64::from(w.count_zeros())).sum();
-                self.lost = self
-                    .lost
-                    .saturating_add(unseen + (advance - SEQ_WINDOW));
+                self.lost = self.lost.saturating_add(unseen + (advance - SEQ_WINDOW));
                 self.seen = [0; WORDS];
             } else {
                 for s in self.next..=seq {
@@ -629,7 +627,10 @@ mod tests {
     fn reorder_duplicate_and_late_are_told_apart() {
         use Arrival::*;
         let (a, w) = run(&[0, 2, 1, 1, 3, 2]);
-        assert_eq!(a, vec![InOrder, InOrder, Reordered, Duplicate, InOrder, Duplicate]);
+        assert_eq!(
+            a,
+            vec![InOrder, InOrder, Reordered, Duplicate, InOrder, Duplicate]
+        );
         assert_eq!(w.lost(), 0);
         // A packet more than the window behind is late.
         let (a, _) = run(&[0, SEQ_WINDOW + 5, 3]);
@@ -697,7 +698,11 @@ mod tests {
         b.record(0); // clamped to 1
         a.merge(&b);
         assert_eq!(a.count(), 1002);
-        assert!(a.max() >= 59_000_000 && a.max() <= 61_000_000, "{}", a.max());
+        assert!(
+            a.max() >= 59_000_000 && a.max() <= 61_000_000,
+            "{}",
+            a.max()
+        );
         let empty = Hist::millis();
         assert_eq!(empty.summary(), Percentiles::default());
         let mut ms = Hist::millis();
@@ -707,17 +712,21 @@ mod tests {
 
     #[test]
     fn stats_merge_adds_everything() {
-        let mut a = Stats::default();
-        a.agents = 2;
-        a.connected = 1;
+        let mut a = Stats {
+            agents: 2,
+            connected: 1,
+            ..Stats::default()
+        };
         a.fail("allocate: 401");
         a.candidates.add(CandidateType::Relay);
         a.traffic.sent = 10;
         a.traffic.unique = 9;
         a.latency_us.record(100);
-        let mut b = Stats::default();
-        b.agents = 2;
-        b.connected = 2;
+        let mut b = Stats {
+            agents: 2,
+            connected: 2,
+            ..Stats::default()
+        };
         b.fail("allocate: 401");
         b.fail("setup timeout");
         b.candidates.add(CandidateType::Host);
@@ -766,8 +775,14 @@ mod tests {
         assert_eq!(t.last().unwrap().t, 2);
         t.add(interval(0, 3, 1, 10));
         let all = t.finish();
-        assert_eq!(all.iter().map(|s| s.t).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            all.iter().map(|s| s.t).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
         assert_eq!(all[2].pps, 10);
-        assert_eq!(all[3].pps, 1, "an incomplete last second still shows at the end");
+        assert_eq!(
+            all[3].pps, 1,
+            "an incomplete last second still shows at the end"
+        );
     }
 }

@@ -222,7 +222,8 @@ impl TurnOnly {
                 // A Refresh(0) that failed: the allocation times out on the server anyway.
                 self.closing -= 1;
                 c.state = State::Closed;
-                cx.core.error(format!("deallocate: {}", failure_text(failure)));
+                cx.core
+                    .error(format!("deallocate: {}", failure_text(failure)));
             }
             State::Bound | State::Failed | State::Closed => cx.core.error(reason),
         }

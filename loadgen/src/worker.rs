@@ -22,9 +22,7 @@ use crossbeam_channel::Sender;
 use uturn::driver::{Handler, Io, RecvPacket, SockId};
 
 use crate::fabric::{AgentIx, DriverIo, Fabric, FabricCounters, NetIo};
-use crate::stats::{
-    Arrival, CandidateType, Clock, Interval, Probe, SeqWindow, Stats, PROBE_LEN,
-};
+use crate::stats::{Arrival, CandidateType, Clock, Interval, Probe, SeqWindow, Stats, PROBE_LEN};
 
 /// The partner of an agent: pairs are `(2k, 2k + 1)`.
 pub fn partner(agent: AgentIx) -> AgentIx {
@@ -68,6 +66,10 @@ pub struct Media {
 /// Most probes a worker sends per loop iteration, so that receiving (and the driver's send
 /// buffers) keep up; the rest go out in the next iteration, at once.
 pub const SEND_BUDGET: usize = 512;
+
+/// The longest a paced sender catches up after its thread was busy: beyond that, the missed
+/// probes are skipped (and the sent count shows it) instead of sent in a burst.
+const CATCH_UP: Duration = Duration::from_millis(100);
 
 /// How often setup timeouts are looked for.
 const SETUP_CHECK: Duration = Duration::from_millis(100);
@@ -219,7 +221,10 @@ impl Core {
     /// agent are ignored: one failure per agent.
     pub fn agent_failed(&mut self, agent: AgentIx, reason: impl Into<String>) {
         self.ensure(agent);
-        if matches!(self.agents[agent], AgentState::Starting(_) | AgentState::Idle) {
+        if matches!(
+            self.agents[agent],
+            AgentState::Starting(_) | AgentState::Idle
+        ) {
             if self.agents[agent] == AgentState::Idle {
                 self.stats.agents += 1;
             }
@@ -447,10 +452,14 @@ impl<S: Scenario> Worker<S> {
             self.core.pacer.pop();
             self.send_probe(now, agent, io);
             budget -= 1;
-            // Keep the schedule (no drift), but do not burst to catch up after a long stall:
-            // a sender that fell a whole interval behind restarts from now.
+            // Keep the schedule (no drift), catching up on short stalls so that the rate holds;
+            // after a stall longer than CATCH_UP the backlog is dropped rather than burst out.
             let next = at + step;
-            let next = if next + step < now { now + step } else { next };
+            let next = if next + CATCH_UP < now {
+                now + step
+            } else {
+                next
+            };
             self.core.pacer.push(Reverse((next, agent)));
         }
     }
@@ -490,12 +499,14 @@ impl<S: Scenario> Worker<S> {
                 // Whoever is not connected by now never will be in this run.
                 for a in 0..self.core.agents.len() {
                     if matches!(self.core.agents[a], AgentState::Starting(_)) {
-                        self.core.agent_failed(a, "not connected by the end of the run");
+                        self.core
+                            .agent_failed(a, "not connected by the end of the run");
                     }
                 }
                 for pair in self.next_pair..self.core.plan.pair_starts.len() {
                     for a in [2 * pair, 2 * pair + 1] {
-                        self.core.agent_failed(a, "not started: the run ended first");
+                        self.core
+                            .agent_failed(a, "not started: the run ended first");
                     }
                 }
                 let until = now + self.core.plan.shutdown_grace;
@@ -519,8 +530,7 @@ impl<S: Scenario> Worker<S> {
     fn deliver_local(&mut self, now: Instant, io: &mut dyn NetIo) {
         while let Some((agent, from, data)) = self.fabric.poll_local() {
             let mut cx = Self::cx(io, &mut self.fabric, &mut self.core);
-            self.scenario
-                .on_datagram(now, agent, from, &data, &mut cx);
+            self.scenario.on_datagram(now, agent, from, &data, &mut cx);
         }
     }
 }

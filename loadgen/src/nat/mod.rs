@@ -245,6 +245,16 @@ impl Nat {
         }
     }
 
+    /// Starts handing out ports at `port` (wrapping around the range) instead of at its start.
+    /// Runs one after another reuse the same public addresses; a different starting port per run
+    /// keeps a new run's 5-tuples off the allocations a previous run left on the server.
+    pub fn starting_at(mut self, port: u16) -> Self {
+        if let Some(i) = self.ports.index(port) {
+            self.ports.cursor = i;
+        }
+        self
+    }
+
     pub fn public_ip(&self) -> Ipv4Addr {
         self.public_ip
     }

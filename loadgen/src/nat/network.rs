@@ -118,6 +118,7 @@ struct Lan {
 #[derive(Debug)]
 pub struct Network {
     ids: Range<u32>,
+    seed: u64,
     lans: Vec<Lan>,
     events: VecDeque<NetEvent>,
 }
@@ -126,7 +127,14 @@ impl Network {
     /// A network that gives its LANs the ids in `ids` (clamped to [`MAX_LANS`]). Give each
     /// worker a disjoint range so that addresses are unique across the run.
     pub fn new(ids: Range<u32>) -> Self {
+        Self::with_seed(ids, 0)
+    }
+
+    /// Like [`Network::new`]; each NAT starts handing out public ports at a point derived from
+    /// `seed` and its id (see [`Nat::starting_at`]). Give each run a different seed.
+    pub fn with_seed(ids: Range<u32>, seed: u64) -> Self {
         Network {
+            seed,
             ids: ids.start.min(MAX_LANS)..ids.end.min(MAX_LANS),
             lans: Vec::new(),
             events: VecDeque::new(),
@@ -140,10 +148,15 @@ impl Network {
             return Err(NetError::NoLanLeft);
         }
         let lan = LanId(id);
-        self.lans.push(Lan {
-            nat: Nat::new(lan.public_ip(), behavior),
-            hosts: 0,
-        });
+        let nat = Nat::new(lan.public_ip(), behavior);
+        let nat = if self.seed == 0 {
+            nat
+        } else {
+            let span = u64::from(super::DEFAULT_PORTS.end() - super::DEFAULT_PORTS.start()) + 1;
+            let offset = splitmix(self.seed ^ u64::from(id)) % span;
+            nat.starting_at(super::DEFAULT_PORTS.start() + offset as u16)
+        };
+        self.lans.push(Lan { nat, hosts: 0 });
         Ok(lan)
     }
 
@@ -297,4 +310,12 @@ impl Network {
             self.events.push_back(NetEvent::Closed { lan, public });
         }
     }
+}
+
+/// SplitMix64's finaliser: spreads a seed and a LAN id over the port range.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

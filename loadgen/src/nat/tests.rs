@@ -631,3 +631,40 @@ fn mix_draws_all_nine_behaviours() {
     assert_eq!(seen.len(), 9);
     assert_eq!(NatSpec::None.pick(&mut rng), None);
 }
+
+#[test]
+fn seeded_networks_start_at_different_ports() {
+    let t = Instant::now();
+    let b = NatBehavior::new(Eim, Eif);
+    let first_port = |seed: u64| {
+        let mut net = Network::with_seed(0..10, seed);
+        let lan = net.add_lan(b).unwrap();
+        let a = SocketAddrV4::new(net.add_host(lan).unwrap(), 1);
+        match net.send(t, a, "127.0.0.1:3478".parse().unwrap()) {
+            Route::Wire { via, .. } => via.port(),
+            r => panic!("{r:?}"),
+        }
+    };
+    assert_eq!(first_port(0), *DEFAULT_PORTS.start());
+    let ports: std::collections::HashSet<u16> = (1..20).map(first_port).collect();
+    assert!(ports.len() > 15, "{ports:?}");
+    assert!(ports.iter().all(|p| DEFAULT_PORTS.contains(p)));
+    // Wrapping: a NAT started near the end of its range goes on at the start.
+    let mut n = Nat::with_ports(PUBLIC, b, 100..=102).starting_at(102);
+    let x = ep("10.0.0.1:1");
+    assert_eq!(
+        n.translate_out(t, x, ep("198.51.100.1:1"))
+            .unwrap()
+            .public
+            .port(),
+        102
+    );
+    let y = ep("10.0.0.2:1");
+    assert_eq!(
+        n.translate_out(t, y, ep("198.51.100.1:1"))
+            .unwrap()
+            .public
+            .port(),
+        100
+    );
+}
