@@ -544,6 +544,8 @@ impl<S: Scenario> Handler for Worker<S> {
         pkt: I::Packet,
         io: &mut I,
     ) {
+        // Close the second first, so that this datagram counts in the second it arrived in.
+        self.flush_intervals(now);
         let Some((agent, from)) = self.fabric.recv(now, sock, from) else {
             return;
         };
@@ -558,6 +560,7 @@ impl<S: Scenario> Handler for Worker<S> {
             return;
         }
         let mut io = DriverIo(io);
+        self.flush_intervals(now);
         self.start_due_pairs(now, &mut io);
         self.deliver_local(now, &mut io);
         {
@@ -574,7 +577,6 @@ impl<S: Scenario> Handler for Worker<S> {
         self.check_setup_timeouts(now);
         self.send_due_media(now, &mut io);
         self.deliver_local(now, &mut io);
-        self.flush_intervals(now);
         self.advance_phase(now, &mut io);
     }
 
@@ -611,5 +613,196 @@ impl<S: Scenario> Handler for Worker<S> {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::DIRECT_IP;
+    use std::io;
+
+    /// A NetIo that sends nothing.
+    struct NullIo;
+    impl NetIo for NullIo {
+        fn open_udp(&mut self, _: SocketAddr) -> io::Result<SockId> {
+            Ok(SockId(0))
+        }
+        fn local_addr(&self, _: SockId) -> io::Result<SocketAddr> {
+            Ok("127.0.0.1:1".parse().unwrap())
+        }
+        fn close(&mut self, _: SockId) {}
+        fn send(&mut self, _: SockId, _: SocketAddr, _: &[u8]) {}
+    }
+
+    /// Agents that connect as soon as they start and deliver every probe to their partner at
+    /// once, except that `drop_every`-th probes are lost.
+    struct Loopback {
+        drop_every: u64,
+        sent: u64,
+        shut: bool,
+    }
+
+    impl Scenario for Loopback {
+        fn start_pair(&mut self, now: Instant, pair: usize, cx: &mut Cx<'_>) {
+            for a in [2 * pair, 2 * pair + 1] {
+                cx.core.agent_started(a, now);
+                cx.core
+                    .agent_connected(a, now + Duration::from_millis(5), CandidateType::Relay);
+            }
+            for a in [2 * pair, 2 * pair + 1] {
+                cx.core.start_media(a, now);
+            }
+        }
+        fn on_datagram(&mut self, _: Instant, _: AgentIx, _: SocketAddr, _: &[u8], _: &mut Cx<'_>) {
+        }
+        fn on_tick(&mut self, _: Instant, _: &mut Cx<'_>) {}
+        fn next_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn send_media(
+            &mut self,
+            now: Instant,
+            agent: AgentIx,
+            payload: &[u8],
+            cx: &mut Cx<'_>,
+        ) -> bool {
+            self.sent += 1;
+            if self.drop_every == 0 || self.sent % self.drop_every != 0 {
+                // Delivered 200 µs later.
+                cx.core
+                    .media_received(now + Duration::from_micros(200), partner(agent), payload);
+            }
+            true
+        }
+        fn shutdown(&mut self, _: Instant, _: &mut Cx<'_>) {
+            self.shut = true;
+        }
+        fn is_shut_down(&self) -> bool {
+            self.shut
+        }
+    }
+
+    fn plan(epoch: Instant, pairs: usize, rate: u32) -> Plan {
+        Plan {
+            worker: 0,
+            clock: Clock::new(epoch),
+            pair_starts: (0..pairs).map(|_| epoch).collect(),
+            agent_base: 100,
+            hold_start: epoch,
+            send_end: epoch + Duration::from_secs(2),
+            drain: Duration::from_millis(100),
+            shutdown_grace: Duration::from_millis(100),
+            setup_timeout: Duration::from_secs(1),
+            media: Media {
+                rate,
+                size: 64,
+                max_rate: false,
+            },
+            chaos_at: None,
+        }
+    }
+
+    /// Drives the worker's tick logic over virtual time in 1 ms steps.
+    fn drive(w: &mut Worker<Loopback>, from: Instant, until: Instant) {
+        let mut io = NullIo;
+        let mut now = from;
+        while now < until && w.phase != Phase::Done {
+            w.flush_intervals(now);
+            w.start_due_pairs(now, &mut io);
+            w.check_setup_timeouts(now);
+            w.send_due_media(now, &mut io);
+            w.advance_phase(now, &mut io);
+            now += Duration::from_millis(1);
+        }
+    }
+
+    #[test]
+    fn paced_agents_send_at_the_rate_and_everything_is_measured() {
+        let epoch = Instant::now();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let scenario = Loopback {
+            drop_every: 0,
+            sent: 0,
+            shut: false,
+        };
+        let fabric = Fabric::new(DIRECT_IP, 0..10, 0);
+        let mut w = Worker::new(scenario, plan(epoch, 3, 50), fabric, tx);
+        drive(&mut w, epoch, epoch + Duration::from_secs(5));
+        assert_eq!(w.phase, Phase::Done);
+        let mut intervals = Vec::new();
+        let mut done = None;
+        for m in rx.try_iter() {
+            match m {
+                Report::Interval(i) => intervals.push(i),
+                Report::Done(_, s, _) => done = Some(s),
+            }
+        }
+        let s = done.expect("Done sent");
+        // 6 agents x 50 pps x 2 s.
+        assert_eq!(s.traffic.sent, 600);
+        assert_eq!(s.traffic.unique, 600);
+        assert_eq!(s.traffic.lost(), 0);
+        assert_eq!(s.traffic.window_received, 600);
+        assert_eq!((s.agents, s.connected, s.failed), (6, 6, 0));
+        assert_eq!(s.setup_ms.count(), 6);
+        assert_eq!(s.latency_us.quantile(0.5), 200);
+        assert_eq!(s.candidates.relay, 6);
+        assert!(w.scenario().shut, "shutdown was called");
+        let per_second: Vec<u64> = intervals.iter().map(|i| i.sent).collect();
+        assert_eq!(&per_second[..2], &[300, 300], "{per_second:?}");
+    }
+
+    #[test]
+    fn losses_are_counted_and_foreign_data_is_not_media() {
+        let epoch = Instant::now();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let scenario = Loopback {
+            drop_every: 10,
+            sent: 0,
+            shut: false,
+        };
+        let fabric = Fabric::new(DIRECT_IP, 0..10, 0);
+        let mut w = Worker::new(scenario, plan(epoch, 1, 100), fabric, tx);
+        // Foreign data: not a probe, and a probe of the wrong flow.
+        w.core.ensure(1);
+        w.core.media_received(epoch, 0, b"hello");
+        let mut wrong = [0u8; 64];
+        Probe {
+            flow: 999,
+            seq: 0,
+            sent_ns: 0,
+        }
+        .write(&mut wrong);
+        w.core.media_received(epoch, 0, &wrong);
+        drive(&mut w, epoch, epoch + Duration::from_secs(5));
+        let s = rx
+            .try_iter()
+            .find_map(|m| match m {
+                Report::Done(_, s, _) => Some(s),
+                Report::Interval(_) => None,
+            })
+            .unwrap();
+        assert_eq!(s.traffic.sent, 400);
+        assert_eq!(s.traffic.lost(), 40);
+        assert_eq!(s.traffic.foreign, 2);
+    }
+
+    #[test]
+    fn agents_that_never_connect_fail_once_with_a_reason() {
+        let epoch = Instant::now();
+        let mut core = Core::new(plan(epoch, 1, 50));
+        core.agent_started(0, epoch);
+        core.agent_started(1, epoch);
+        core.agent_failed(0, "allocate: 401");
+        core.agent_failed(0, "again");
+        core.agent_connected(0, epoch, CandidateType::Host);
+        assert!(core.has_failed(0) && !core.is_connected(0));
+        core.agent_connected(1, epoch + Duration::from_millis(30), CandidateType::Srflx);
+        core.agent_failed(1, "too late");
+        assert!(core.is_connected(1));
+        assert_eq!((core.stats.failed, core.stats.connected), (1, 1));
+        assert_eq!(core.stats.failures.len(), 1);
+        assert_eq!(core.stats.setup_ms.quantile(1.0), 30);
     }
 }
