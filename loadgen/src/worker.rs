@@ -668,7 +668,7 @@ mod tests {
             cx: &mut Cx<'_>,
         ) -> bool {
             self.sent += 1;
-            if self.drop_every == 0 || self.sent % self.drop_every != 0 {
+            if self.drop_every == 0 || !self.sent.is_multiple_of(self.drop_every) {
                 // Delivered 200 µs later.
                 cx.core
                     .media_received(now + Duration::from_micros(200), partner(agent), payload);
