@@ -109,6 +109,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         starts[(j % threads as u64) as usize].push(epoch + offset);
     }
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (report_tx, report_rx) = bounded::<worker::Report>(threads * 64);
     let mut workers = Vec::with_capacity(threads);
     let mut agent_base = 0u32;
@@ -145,7 +146,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         let thread = std::thread::Builder::new()
             .name(format!("loadgen-{w}"))
             .spawn(move || {
-                if !driver::pin_current_thread(w) {
+                if !driver::pin_current_thread(core_for(w, cores)) {
                     tracing::debug!(worker = w, "not pinned to a core");
                 }
                 let mut worker = Worker::new(scenario, plan, fabric, tx);
@@ -248,6 +249,15 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         report,
         fabric,
     })
+}
+
+/// The core worker `w` is pinned to: counted down from the last core, because the relay pins
+/// its workers from core 0 up. On a machine that runs both, they share a core only when together
+/// they want more cores than there are; two busy threads pinned to one core would add the
+/// scheduler's wake-up latency (milliseconds) to every measurement.
+pub fn core_for(w: usize, cores: usize) -> usize {
+    let cores = cores.max(1);
+    cores - 1 - (w % cores)
 }
 
 struct Collected {
@@ -376,6 +386,21 @@ fn collect(
         generator_cpu_s,
         server_cpu_s,
         missing: done.iter().position(|&d| !d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::core_for;
+
+    #[test]
+    fn workers_pin_from_the_last_core_down() {
+        assert_eq!(
+            (0..5).map(|w| core_for(w, 4)).collect::<Vec<_>>(),
+            [3, 2, 1, 0, 3]
+        );
+        assert_eq!(core_for(0, 1), 0);
+        assert_eq!(core_for(3, 0), 0);
     }
 }
 
