@@ -389,6 +389,18 @@ fn collect(
     }
 }
 
+fn add_fabric(total: &mut FabricCounters, f: &FabricCounters) {
+    total.unreachable += f.unreachable;
+    total.ipv6 += f.ipv6;
+    total.nat_full += f.nat_full;
+    total.no_mapping += f.no_mapping;
+    total.filtered += f.filtered;
+    total.local_overflow += f.local_overflow;
+    total.stray += f.stray;
+    total.nat_sockets_opened += f.nat_sockets_opened;
+    total.nat_sockets_closed += f.nat_sockets_closed;
+}
+
 #[cfg(test)]
 mod tests {
     use super::core_for;
@@ -402,16 +414,4 @@ mod tests {
         assert_eq!(core_for(0, 1), 0);
         assert_eq!(core_for(3, 0), 0);
     }
-}
-
-fn add_fabric(total: &mut FabricCounters, f: &FabricCounters) {
-    total.unreachable += f.unreachable;
-    total.ipv6 += f.ipv6;
-    total.nat_full += f.nat_full;
-    total.no_mapping += f.no_mapping;
-    total.filtered += f.filtered;
-    total.local_overflow += f.local_overflow;
-    total.stray += f.stray;
-    total.nat_sockets_opened += f.nat_sockets_opened;
-    total.nat_sockets_closed += f.nat_sockets_closed;
 }
