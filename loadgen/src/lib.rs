@@ -1,0 +1,23 @@
+//! loadgen: thousands of TURN clients or ICE agents against any TURN server, behind emulated
+//! NATs, measuring setup time, throughput, loss and latency.
+//!
+//! The binary is a thin shell over [`run::run`]; tests call it directly. Modules:
+//! - [`cli`]: flags and their validation; [`duration`]: `30s`-style durations.
+//! - [`nat`]: the sans-IO NAT emulator (RFC 4787), emulated LANs, mDNS.
+//! - [`fabric`]: agents' sockets, real or behind an emulated NAT.
+//! - [`worker`]: one thread per core on the relay's I/O driver, running a [`worker::Scenario`].
+//! - [`turn_only`]: the turn-only scenario (TURN clients in relayed pairs).
+//! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
+//! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
+
+pub mod cli;
+pub mod cpu;
+pub mod duration;
+pub mod fabric;
+pub mod nat;
+pub mod preflight;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod turn_only;
+pub mod worker;
