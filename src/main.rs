@@ -16,7 +16,18 @@ use uturn_proto::turn::auth::NonceKey;
 use uturn_proto::turn::{Server, ServerConfig};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0 as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A bad flag is a configuration error like any other: one line naming the flag and the
+        // reason, exit code 2. clap's first line says both; its usage hints follow on the next.
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
     let settings = match config::load(&cli) {
         Ok(s) => s,
         Err(e) => {
