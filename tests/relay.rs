@@ -581,3 +581,33 @@ fn metrics_endpoint(b: Backend) {
     );
     assert!(sum("uturn_driver_recv_packets_total", &[]) >= 5.0);
 }
+
+both_backends!(clients_from_the_first_answer_stay_on_their_worker);
+
+/// Clients that allocate the moment the relay first answers keep their allocation: every
+/// worker's socket is in the SO_REUSEPORT group before any worker answers, so the kernel never
+/// re-steers a client to a worker that has not seen it. (With a group still growing at start-up,
+/// a later request of such a client lands on another worker and gets 437.) Eight workers make
+/// the start-up window as wide as it gets.
+fn clients_from_the_first_answer_stay_on_their_worker(b: Backend) {
+    const CLIENTS: usize = 64;
+    let relay = RelayOptions {
+        threads: 8,
+        relay_ports: 800,
+        ..RelayOptions::new(b)
+    }
+    .start();
+    let mut clients: Vec<Client> = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut c = relay.client();
+        c.allocate(RelayFamily::Ipv4).expect("Allocate");
+        clients.push(c);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            c.create_permission(&[LOCALHOST_V4]),
+            Ok(()),
+            "client {i}: its allocation is on the worker its packets reach"
+        );
+    }
+}
