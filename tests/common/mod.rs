@@ -471,6 +471,9 @@ impl Relay {
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         let mut buf = [0u8; 1500];
+        // Any of the requests sent may be the one answered: on a loaded machine an answer can
+        // take longer than the 50 ms between tries.
+        let mut sent = Vec::new();
         loop {
             if let Some(s) = self.proc.try_status() {
                 return Err(format!("exited with {s}"));
@@ -479,11 +482,12 @@ impl Relay {
                 return Err(format!("no Binding answer within {START_TIMEOUT:?}"));
             }
             let tid = TransactionId(rand::random());
+            sent.push(tid);
             let n = binding_request(tid, &mut buf);
             let _ = sock.send_to(&buf[..n], self.listen);
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
                 let ok = Message::parse(&buf[..n]).is_ok_and(|m| {
-                    m.transaction_id() == tid
+                    sent.contains(&m.transaction_id())
                         && m.class() == Class::Success
                         && m.get::<XorMappedAddress>().ok().flatten().is_some()
                 });
@@ -677,7 +681,7 @@ impl Client {
             turn,
             events: VecDeque::new(),
             data: VecDeque::new(),
-            buf: vec![0; 65536],
+            buf: vec![0; 4096],
         }
     }
 
