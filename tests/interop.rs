@@ -241,17 +241,7 @@ fn send_data(uclient_bin: &PathBuf, b: Backend, peer: SocketAddr) -> String {
     let run = uclient(
         uclient_bin,
         &relay,
-        &[
-            "-v",
-            "-c",
-            "-s",
-            "-m",
-            &m,
-            "-e",
-            "127.0.0.1",
-            "-r",
-            &peer_port,
-        ],
+        &["-c", "-s", "-m", &m, "-e", "127.0.0.1", "-r", &peer_port],
     );
     run.assert_all_echoed(&relay, CLIENTS * MESSAGES);
     let total = (CLIENTS * MESSAGES) as f64;
@@ -278,9 +268,9 @@ fn send_data(uclient_bin: &PathBuf, b: Backend, peer: SocketAddr) -> String {
 fn channels(uclient_bin: &PathBuf, b: Backend, peer: SocketAddr) -> String {
     let relay = relay_for_uclient(b, 2);
     let peer_port = peer.port().to_string();
-    let mut refused = 0;
     let mut log = String::new();
-    for _ in 0..CHANNEL_ATTEMPTS {
+    // `refused`: the runs before this one, all refused with 400.
+    for refused in 0..CHANNEL_ATTEMPTS {
         let run = uclient(
             uclient_bin,
             &relay,
@@ -307,7 +297,6 @@ fn channels(uclient_bin: &PathBuf, b: Backend, peer: SocketAddr) -> String {
         if refused == 0 {
             log = format!("{}\n", run.transcript());
         }
-        refused += 1;
     }
     panic!("{CHANNEL_ATTEMPTS} channel-mode runs all failed:\n{log}");
 }
