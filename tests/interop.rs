@@ -351,17 +351,22 @@ fn rtp_rtcp_pairs(uclient_bin: &PathBuf, b: Backend, peer: SocketAddr) -> String
         m.sum("uturn_allocations_total", &[]) > CLIENTS as f64
     });
     assert_eq!(requests(&metrics, "allocate", "508"), 0.0);
-    // The verbose protocol trace is long; the log keeps its summary.
-    let mut t = run.transcript();
-    if let Some(i) = t.find("Total connect time") {
-        t = format!(
-            "{}\n[... {} lines of -v trace ...]\n{}",
-            t.lines().next().unwrap_or_default(),
-            t[..i].lines().count(),
-            &t[i..]
-        );
-    }
-    t
+    // The verbose protocol trace is long; the log keeps the relayed addresses, the tokens and
+    // the summary.
+    let t = run.transcript();
+    let Some(i) = t.find("Total connect time") else {
+        return t;
+    };
+    let (trace, summary) = t.split_at(i);
+    let mut lines = trace.lines();
+    let command = lines.next().unwrap_or_default();
+    let kept: Vec<&str> = lines
+        .filter(|l| l.contains("Received relay addr") || l.contains("rtv="))
+        .collect();
+    format!(
+        "{command}\n[-v trace, relayed addresses and RESERVATION-TOKENs only:]\n{}\n{summary}",
+        kept.join("\n")
+    )
 }
 
 fn uclient_through_uturn(b: Backend) {
