@@ -189,21 +189,43 @@ pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
         ),
         None => (EMBEDDED_DEFAULT.to_string(), false),
     };
-    let file: FileConfig = toml::from_str(&text).map_err(|e| toml_error(&e))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| toml_error(&e, &text))?;
     resolve(cli, file, from_file)
 }
 
 /// Turns a TOML error into one line that names the key.
-fn toml_error(e: &toml::de::Error) -> ConfigError {
+fn toml_error(e: &toml::de::Error, text: &str) -> ConfigError {
     let msg = e.message().replace('\n', " ");
-    // serde names unknown keys in the message; for type errors toml gives the key path in the
-    // span only, so find the key on the offending line.
+    // serde names unknown keys in the message; for type and syntax errors toml gives only the
+    // span of the offending value, so the key is read from the start of that line.
+    let line = e.span().and_then(|span| {
+        let start = span.start.min(text.len());
+        let from = text.get(..start)?.rfind('\n').map_or(0, |i| i + 1);
+        let number = text.get(..from)?.matches('\n').count() + 1;
+        let key = text
+            .get(from..)?
+            .lines()
+            .next()
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .map(str::to_string);
+        Some((key, number))
+    });
     let key = msg
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
         .map(str::to_string)
+        .or_else(|| line.as_ref().and_then(|(k, _)| k.clone()))
         .unwrap_or_else(|| "config".to_string());
-    err(&key, msg)
+    match line {
+        Some((_, n)) => err(&key, format!("{msg} (line {n})")),
+        None => err(&key, msg),
+    }
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -474,7 +496,7 @@ mod tests {
     }
 
     fn from_toml(text: &str, args: &[&str]) -> Result<Settings, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(&e))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(&e, text))?;
         resolve(&cli(args), file, true)
     }
 
@@ -517,6 +539,9 @@ mod tests {
             ("user=[\"ab\"]", &[], "user"),
             ("", &[], "user"),
             ("user=[\"a:b\"]\nthreads = 0", &[], "threads"),
+            ("user=[\"a:b\"]\nthreads = \"many\"", &[], "threads"),
+            ("user=[\"a:b\"]\nrelay_ip = \"127.0.0.1\"", &[], "relay_ip"),
+            ("user=[\"a:b\"]\nsoftware = [1, 2", &[], "software"),
             ("user=[\"a:b\"]\nbackend = \"fast\"", &[], "backend"),
             (
                 "user=[\"a:b\"]\nallow_peer = [\"10.0.0.1/8\"]",
@@ -557,7 +582,7 @@ mod tests {
     #[test]
     fn ports_split_between_workers_cover_the_range() {
         let s = from_toml(
-            "user=[\"a:b\"]\nrelay_ports=\"50000-50009\"\nthreads=3",
+            "listen=[\"127.0.0.1:3478\"]\nuser=[\"a:b\"]\nrelay_ports=\"50000-50009\"\nthreads=3",
             &[],
         )
         .unwrap();

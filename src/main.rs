@@ -16,7 +16,18 @@ use uturn_proto::turn::auth::NonceKey;
 use uturn_proto::turn::{Server, ServerConfig};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0 as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A bad flag is a configuration error like any other: one line naming the flag and the
+        // reason, exit code 2. clap's first line says both; its usage hints follow on the next.
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
     let settings = match config::load(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -77,8 +88,20 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
 
     let (ready_tx, ready_rx) = bounded::<Result<usize, String>>(settings.threads);
     let settings = Arc::new(settings);
+    // Every worker's listening sockets are bound here, before any worker runs. SO_REUSEPORT
+    // steers a client by hashing its address over the sockets in the group: were a worker
+    // already answering while another still bound its socket, the group would grow under it
+    // and clients it had allocated for would be moved to a worker that never saw them (437).
+    let mut listeners = Vec::with_capacity(settings.threads);
+    for _ in 0..settings.threads {
+        let mut sockets = Vec::with_capacity(settings.listen.len());
+        for a in &settings.listen {
+            sockets.push(driver::bind_reuseport_udp(*a).with_context(|| format!("listen {a}"))?);
+        }
+        listeners.push(sockets);
+    }
     let mut workers = Vec::new();
-    for i in 0..settings.threads {
+    for (i, sockets) in listeners.into_iter().enumerate() {
         let (control, control_rx) = bounded::<Control>(16);
         let (msgs, msgs_rx) = bounded::<WorkerMsg>(16);
         let s = Arc::clone(&settings);
@@ -98,16 +121,6 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
                         return;
                     }
                 };
-                let mut sockets = Vec::new();
-                for a in &s.listen {
-                    match driver::bind_reuseport_udp(*a) {
-                        Ok(sock) => sockets.push(sock),
-                        Err(e) => {
-                            let _ = ready.send(Err(format!("listen {a}: {e}")));
-                            return;
-                        }
-                    }
-                }
                 let mut worker = RelayWorker::new(i, server, s.listen.clone(), msgs_rx, snaps);
                 let _ = ready.send(Ok(i));
                 if let Err(e) = driver::run_worker(
