@@ -54,15 +54,14 @@ struct WorkerHandle {
 
 fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     let fds = uturn::limits::raise_nofile();
-    let per_alloc = if settings.relay_v4.is_some() && settings.relay_v6.is_some() {
-        2
-    } else {
-        1
-    };
+    let relay_sockets =
+        uturn::limits::relay_socket_budget(fds, settings.threads, settings.listen.len());
     tracing::info!(
         open_files = fds,
-        allocations = fds.saturating_sub(64 + 2 * settings.threads as u64) / per_alloc,
-        "open-file limit raised to the hard limit; that many relay sockets fit"
+        relay_sockets_per_worker = relay_sockets,
+        allocations = relay_sockets * settings.threads,
+        "open-file limit raised to the hard limit; beyond that many allocations (single-family) \
+         Allocate gets 508"
     );
 
     let selection = driver::select_backend(settings.backend).context("backend")?;
@@ -114,7 +113,7 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
                 if !driver::pin_current_thread(i) {
                     tracing::warn!(worker = i, "could not pin to a core");
                 }
-                let server = match build_server(&s, i, key) {
+                let server = match build_server(&s, i, key, relay_sockets) {
                     Ok(v) => v,
                     Err(e) => {
                         let _ = ready.send(Err(format!("worker {i}: {e:#}")));
@@ -179,8 +178,14 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_server(s: &Settings, worker: usize, nonce_key: NonceKey) -> anyhow::Result<Server> {
+fn build_server(
+    s: &Settings,
+    worker: usize,
+    nonce_key: NonceKey,
+    relay_sockets: usize,
+) -> anyhow::Result<Server> {
     let mut cfg = ServerConfig::new(s.realm.clone(), s.credentials()?, nonce_key);
+    cfg.max_relay_sockets = relay_sockets;
     let ports = s.worker_ports(worker);
     cfg.relay_v4 = s.relay_v4;
     cfg.relay_v6 = s.relay_v6;

@@ -30,6 +30,7 @@ both_backends!(
     sigint_exits_within_2s,
     thousand_allocations_over_workers,
     metrics_endpoint,
+    out_of_descriptors_is_a_counted_508,
 );
 
 /// A second loopback address: not the relay's own IP, so the peer policy's exception for relay
@@ -610,4 +611,55 @@ fn clients_from_the_first_answer_stay_on_their_worker(b: Backend) {
             "client {i}: its allocation is on the worker its packets reach"
         );
     }
+}
+
+/// Running out of file descriptors is an answer, not a crash: with a low open-file limit the
+/// relay answers 508 once its relay sockets use up the descriptors, counts it, keeps serving,
+/// and allocates again once one is freed.
+fn out_of_descriptors_is_a_counted_508(b: Backend) {
+    let relay = RelayOptions {
+        threads: 1,
+        metrics: true,
+        relay_ports: 400,
+        // Listeners, the ring or epoll, the metrics server and the runtime take some; the rest
+        // can hold only a few dozen relay sockets.
+        nofile: Some(64),
+        ..RelayOptions::new(b)
+    }
+    .start();
+    let mut clients = Vec::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        let mut c = relay.client();
+        match c.allocate(RelayFamily::Ipv4) {
+            Ok(_) => clients.push(c),
+            Err(f) => {
+                refused = Some(f);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(Failure::Error(508)),
+        "after {} allocations",
+        clients.len()
+    );
+    assert!(clients.len() >= 5, "only {} allocations fit", clients.len());
+    let m = relay.wait_metrics("the 508", |m| {
+        m.sum("uturn_relay_open_failures_total", &[]) >= 1.0
+    });
+    assert!(
+        m.sum(
+            "uturn_requests_total",
+            &[("method", "allocate"), ("result", "508")]
+        ) >= 1.0
+    );
+    // Still alive and serving: free one allocation and the next Allocate gets its descriptor.
+    let mut first = clients.remove(0);
+    first.refresh(Some(Duration::ZERO)).expect("Refresh 0");
+    let mut c = relay.client();
+    c.allocate(RelayFamily::Ipv4)
+        .expect("an Allocate after a descriptor was freed");
+    assert!(relay.proc.output().find("panicked").is_none());
 }

@@ -375,6 +375,8 @@ pub struct RelayOptions {
     /// Extra TOML lines for the config file.
     pub extra_toml: String,
     pub extra_args: Vec<String>,
+    /// Run uturn with this open-file limit (soft and hard), to exhaust descriptors on purpose.
+    pub nofile: Option<u64>,
 }
 
 impl RelayOptions {
@@ -391,6 +393,7 @@ impl RelayOptions {
             relay_ports: 64,
             extra_toml: String::new(),
             extra_args: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -439,6 +442,23 @@ impl Relay {
                 .arg(opts.backend.flag())
                 .args(&opts.extra_args)
                 .env("RUST_BACKTRACE", "1");
+            if let Some(n) = opts.nofile {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: setrlimit is async-signal-safe and touches only the child.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let lim = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
             let proc = Proc::spawn(cmd).expect("spawn uturn");
             let mut relay = Relay {
                 proc,

@@ -1739,3 +1739,23 @@ mod nat_discovery {
         assert_eq!(r.to, SocketAddr::new(client(1).ip(), 5555), "RESPONSE-PORT");
     }
 }
+
+#[test]
+fn relay_socket_budget_is_a_counted_508() {
+    let mut h = H::with(|c| c.max_relay_sockets = 2);
+    let a = allocate(&mut h, client(1), ALICE);
+    allocate(&mut h, client(2), ALICE);
+    assert_eq!(
+        try_allocate(&mut h, client(3), ALICE, |_| {})
+            .err()
+            .unwrap()
+            .0,
+        508
+    );
+    assert_eq!(h.server.stats().relay_open_failures, 1);
+    let r = authed(&mut h, client(1), ALICE, &a.nonce, Method::REFRESH, |e| {
+        e.add(&Lifetime(0)).unwrap()
+    });
+    assert_eq!(error_code(&r), None);
+    allocate(&mut h, client(3), ALICE);
+}

@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub max_allocations_per_user: usize,
     pub max_permissions_per_allocation: usize,
     pub max_channels_per_allocation: usize,
+    /// Relay sockets this server may hold open: its share of the process's file descriptors,
+    /// minus a reserve for listeners, metrics and logs. Past it, Allocate gets 508 before the
+    /// kernel would refuse the socket, so the rest of the process never starves.
+    pub max_relay_sockets: usize,
     /// Optional bandwidth cap per allocation in bytes per second (both directions together).
     pub bandwidth_limit: Option<u64>,
     /// Which peers may be relayed to.
@@ -70,6 +74,7 @@ impl ServerConfig {
             max_allocations_per_user: 100_000,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
+            max_relay_sockets: usize::MAX,
             bandwidth_limit: None,
             peer_policy: PeerPolicy::new(&super::policy::PeerPolicyConfig::default()),
             software: None,

@@ -113,6 +113,8 @@ pub struct Server {
     ports_v6: PortPool,
     reservations: Vec<Reservation>,
     next_generation: u32,
+    /// Relay sockets open now, against `cfg.max_relay_sockets`.
+    relay_sockets: usize,
     next_sweep: Millis,
     draining: bool,
     rng: Rng,
@@ -135,6 +137,7 @@ impl Server {
             ports_v6,
             reservations: Vec::new(),
             next_generation: 1,
+            relay_sockets: 0,
             next_sweep: SWEEP_INTERVAL,
             draining: false,
             rng,
@@ -233,13 +236,10 @@ impl Server {
         }
         let a = self.allocations.remove(slot);
         self.by_tuple.remove(&TupleKey::new(a.listener, &a.tuple));
-        if let Some(r) = a.relay_v4 {
+        for r in [a.relay_v4, a.relay_v6].into_iter().flatten() {
             relays.close(r.handle);
-            self.ports_v4.release(r.addr.port());
-        }
-        if let Some(r) = a.relay_v6 {
-            relays.close(r.handle);
-            self.ports_v6.release(r.addr.port());
+            self.pool(&r.addr.ip()).release(r.addr.port());
+            self.relay_sockets -= 1;
         }
         if let Some(n) = self.per_user.get_mut(&a.user) {
             *n -= 1;
@@ -795,6 +795,7 @@ impl Server {
                     for r in [relay_v4.take(), relay_v6.take()].into_iter().flatten() {
                         relays.close(r.handle);
                         self.pool(&r.addr.ip()).release(r.addr.port());
+                        self.relay_sockets -= 1;
                     }
                     return Err(with(code));
                 }
@@ -851,6 +852,10 @@ impl Server {
             Family::V6 => self.cfg.relay_v6,
         }
         .ok_or(440u16)?;
+        if self.relay_sockets >= self.cfg.max_relay_sockets {
+            self.stats.relay_open_failures += 1;
+            return Err(508);
+        }
         let id = RelayId::new(slot, generation, family == Family::V6);
         // A few attempts: another process may hold some ports of our range.
         let mut tried = [0u16; 8];
@@ -876,7 +881,10 @@ impl Server {
             tried[attempt] = port;
             let addr = SocketAddr::new(ip, port);
             match relays.open(addr, id, dont_fragment) {
-                Ok(handle) => return Ok(Relay { addr, handle }),
+                Ok(handle) => {
+                    self.relay_sockets += 1;
+                    return Ok(Relay { addr, handle });
+                }
                 Err(OpenError::AddrInUse) => {
                     // Leave the port marked used: someone else has it. It is freed for reuse
                     // only when the pool is rebuilt, which keeps us from retrying it forever.
