@@ -857,8 +857,10 @@ impl Server {
             return Err(508);
         }
         let id = RelayId::new(slot, generation, family == Family::V6);
-        // A few attempts: another process may hold some ports of our range.
-        let mut tried = [0u16; 8];
+        // Another process may hold ports of our range (a misconfiguration, but it happens):
+        // those stay marked used, and random picks go on until one binds. Binding a taken port
+        // fails at once, so even a crowded range costs only a few system calls.
+        let mut tried = [0u16; 64];
         for attempt in 0..tried.len() {
             let port = match reserved {
                 Some(p) if attempt == 0 => p,
@@ -885,11 +887,8 @@ impl Server {
                     self.relay_sockets += 1;
                     return Ok(Relay { addr, handle });
                 }
-                Err(OpenError::AddrInUse) => {
-                    // Leave the port marked used: someone else has it. It is freed for reuse
-                    // only when the pool is rebuilt, which keeps us from retrying it forever.
-                    continue;
-                }
+                // Leave the port marked used: someone else has it.
+                Err(OpenError::AddrInUse) => continue,
                 Err(OpenError::Exhausted | OpenError::Other) => {
                     self.pool(&ip).release(port);
                     self.stats.relay_open_failures += 1;
