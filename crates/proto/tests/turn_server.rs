@@ -1803,6 +1803,7 @@ mod nat_discovery {
 
 mod tcp_relay {
     use super::*;
+    use uturn_proto::stream::{Frame, Framer};
     use uturn_proto::turn::connection_id_worker;
 
     /// A client connection as the driver names it: its token, the client's address and the
@@ -2408,6 +2409,116 @@ mod tcp_relay {
                 .tcp_connected(now, connecting, false, &mut h.relays);
             assert!(h.deferred().is_empty());
         }
+    }
+
+    /// Moves everything `cl` wants to send over a byte stream to the server (cut into 3-byte
+    /// reads, framed by the server side's framer) and everything the server answers, deferred
+    /// messages included, back (cut into 5-byte reads, framed by the client side's), until
+    /// both are quiet.
+    fn pump_stream(
+        h: &mut H,
+        cl: &mut uturn_proto::client::TurnClient,
+        c: Conn,
+        framers: &mut (Framer, Framer),
+    ) {
+        loop {
+            let mut up = Vec::new();
+            let mut buf = [0u8; 1500];
+            while let Some(t) = cl.poll_transmit(&mut buf) {
+                up.extend_from_slice(&buf[..t.len]);
+            }
+            let mut down = Vec::new();
+            for piece in up.chunks(3) {
+                framers.0.push(piece);
+                while let Some(f) = framers.0.next_frame() {
+                    let msg = match f.expect("the client frames correctly") {
+                        Frame::Stun(b) | Frame::ChannelData(b) => b.to_vec(),
+                    };
+                    if let Some(s) = h.send_on(c, &msg) {
+                        assert_eq!((s.via, s.to), (Via::Listener(c.token), c.client));
+                        down.extend_from_slice(&s.bytes);
+                    }
+                }
+            }
+            for s in h.deferred() {
+                assert_eq!((s.via, s.to), (Via::Listener(c.token), c.client));
+                down.extend_from_slice(&s.bytes);
+            }
+            if down.is_empty() {
+                return;
+            }
+            let now = h.now().instant;
+            for piece in down.chunks(5) {
+                framers.1.push(piece);
+                while let Some(f) = framers.1.next_frame() {
+                    let (Frame::Stun(b) | Frame::ChannelData(b)) = f.expect("server frames");
+                    let input = cl.handle_input(now, server_addr(), b);
+                    assert_eq!(input, uturn_proto::client::Input::Handled);
+                }
+            }
+        }
+    }
+
+    /// The project's own client drives RFC 6062 against the server, both ends on framed byte
+    /// streams: TCP allocation, Connect, ConnectionBind on a data connection (with its own
+    /// 401), and a ConnectionAttempt after a permission.
+    #[test]
+    fn the_client_drives_a_tcp_allocation_end_to_end() {
+        use uturn_proto::client::{
+            ClientConfig, Event, RelayFamily, Transport as ClientTransport, TurnClient,
+        };
+        let mut h = tcp_h();
+        let ctl = control(Transport::Tls);
+        let mut cfg = ClientConfig::new(server_addr(), "alice", "alice-pass");
+        cfg.transport = ClientTransport::Tls;
+        let mut cl = TurnClient::new(cfg.clone(), [1; 32]).unwrap();
+        let mut stream = (Framer::new(), Framer::new());
+        let now = h.now().instant;
+        let events =
+            |cl: &mut TurnClient| std::iter::from_fn(|| cl.poll_event()).collect::<Vec<_>>();
+
+        cl.allocate_tcp(now, RelayFamily::Ipv4).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        let relayed = match events(&mut cl)[..] {
+            [Event::Allocated(a)] if a.tcp => a.relayed,
+            ref other => panic!("{other:?}"),
+        };
+
+        cl.connect(now, peer(1)).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert!(events(&mut cl).is_empty(), "waits for the connection");
+        let (from, to, id) = last_connect(&h);
+        assert_eq!((from, to), (relayed, peer(1)));
+        h.connected(id, true);
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert_eq!(
+            events(&mut cl),
+            vec![Event::Connected { peer: peer(1), id }]
+        );
+
+        let data = data_conn(101, Transport::Tls);
+        let mut dcl = TurnClient::new(cfg.clone(), [2; 32]).unwrap();
+        let mut dstream = (Framer::new(), Framer::new());
+        dcl.connection_bind(now, id).unwrap();
+        pump_stream(&mut h, &mut dcl, data, &mut dstream);
+        assert_eq!(events(&mut dcl), vec![Event::ConnectionBound { id }]);
+        assert_eq!(h.tcp().splices, vec![(101, id)]);
+
+        cl.create_permission(now, &[peer(2).ip()]).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert!(matches!(
+            events(&mut cl)[..],
+            [Event::PermissionCreated { .. }]
+        ));
+        let id2 = h.accepted(relayed, peer(2)).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert_eq!(
+            events(&mut cl),
+            vec![Event::ConnectionAttempt {
+                peer: peer(2),
+                id: id2
+            }]
+        );
     }
 
     /// TURN over a stream with UDP relaying: ChannelData to the client is padded to 4 bytes,
