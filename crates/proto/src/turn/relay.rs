@@ -96,6 +96,7 @@ pub trait TcpRelays {
     /// A ConnectionBind names a connection of another worker (see
     /// [`super::connection_id_worker`]): the driver moves client connection `client` to
     /// worker `worker` and hands it the request just handled again, there. No response is sent
-    /// from here.
+    /// from here. An id naming no worker that exists is a forgery or a stale id: the driver
+    /// closes the connection.
     fn hand_off(&mut self, client: u32, worker: u8);
 }
