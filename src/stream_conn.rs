@@ -207,9 +207,14 @@ impl StreamConn {
             // `read_tls` takes what fits its buffer; processing empties it for the next round.
             // It fails only when its buffer is full, which processing after each call prevents;
             // should it happen anyway, the connection is not worth more effort.
-            tls.read_tls(&mut bytes).map_err(|_| {
+            let taken = tls.read_tls(&mut bytes).map_err(|_| {
                 CloseReason::Tls(rustls::Error::General("TLS input buffer full".into()))
             })?;
+            if taken == 0 {
+                // rustls took nothing (it may refuse input after close_notify): stop rather
+                // than spin; the rest is ignored.
+                break;
+            }
             let state = match tls.process_new_packets() {
                 Ok(s) => s,
                 Err(e) => {

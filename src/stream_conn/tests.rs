@@ -185,9 +185,10 @@ fn tls_12_and_13_carry_messages_both_ways() {
         }
         assert_eq!(plain, msgs.concat());
 
-        // The client's close_notify closes the connection.
+        // The client's close_notify closes the connection; bytes after it are not read.
         c.send_close_notify();
-        let bytes = client_out(&mut c);
+        let mut bytes = client_out(&mut c);
+        bytes.extend_from_slice(&[0x17, 3, 3, 0, 5, 1, 2, 3, 4, 5]);
         assert_eq!(s.receive(t, &bytes), Err(CloseReason::ClosedByClient));
     }
 }
