@@ -2521,6 +2521,124 @@ mod tcp_relay {
         );
     }
 
+    /// One thing that can happen to a TCP allocation, from the client, the driver or the clock.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Connect(u8),
+        Report { which: usize, ok: bool },
+        Accept(u8),
+        Permit(u8),
+        Bind { which: usize, bob: bool },
+        Closed(usize),
+        Advance(u8),
+        Delete,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..4).prop_map(Step::Connect),
+            (0usize..8, any::<bool>()).prop_map(|(which, ok)| Step::Report { which, ok }),
+            (0u8..4).prop_map(Step::Accept),
+            (0u8..4).prop_map(Step::Permit),
+            (0usize..8, any::<bool>()).prop_map(|(which, bob)| Step::Bind { which, bob }),
+            (0usize..8).prop_map(Step::Closed),
+            (0u8..40).prop_map(Step::Advance),
+            Just(Step::Delete),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever order clients, drivers and timers act in, the server and the driver agree
+        /// on which peer data connections are open (the server never leaks one, never closes
+        /// one twice, never reuses an id), and nothing panics.
+        #[test]
+        fn server_and_driver_agree_on_open_connections(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            let mut h = tcp_h();
+            let mut a = Some(allocate_tcp(&mut h, control(Transport::Tcp)));
+            // Every id the server ever handed out, in order.
+            let mut ids: Vec<ConnectionId> = Vec::new();
+            let mut next_data = 200u32;
+            for s in steps {
+                match s {
+                    Step::Connect(p) => {
+                        if let Some(a) = &a {
+                            let before = h.tcp().connects.len();
+                            let _ = connect(&mut h, a, peer(p));
+                            if h.tcp().connects.len() > before {
+                                ids.push(last_connect(&h).2);
+                            }
+                        }
+                    }
+                    Step::Report { which, ok } => {
+                        if let Some(&id) = ids.get(which) {
+                            // A driver reports only connections it still holds.
+                            if h.tcp().open.contains(&id) {
+                                h.connected(id, ok);
+                            }
+                        }
+                    }
+                    Step::Accept(p) => {
+                        if let Some(a) = &a {
+                            if let Some(id) = h.accepted(a.relay, peer(p)) {
+                                ids.push(id);
+                            }
+                        }
+                    }
+                    Step::Permit(p) => {
+                        if let Some(a) = &a {
+                            authed_on(&mut h, a.control, ALICE, &a.nonce, Method::CREATE_PERMISSION, |e| {
+                                e.add(&XorPeerAddress(peer(p))).unwrap()
+                            });
+                        }
+                    }
+                    Step::Bind { which, bob } => {
+                        if let Some(&id) = ids.get(which) {
+                            next_data += 1;
+                            let cr = if bob { BOB } else { ALICE };
+                            connection_bind(&mut h, data_conn(next_data, Transport::Tcp), cr, id);
+                        }
+                    }
+                    Step::Closed(which) => {
+                        if let Some(&id) = ids.get(which) {
+                            if h.relays.tcp.as_mut().unwrap().open.remove(&id) {
+                                h.server.tcp_closed(id);
+                            }
+                        }
+                    }
+                    Step::Advance(secs) => h.advance(u64::from(secs)),
+                    Step::Delete => {
+                        if let Some(al) = a.take() {
+                            authed_on(&mut h, al.control, ALICE, &al.nonce, Method::REFRESH, |e| {
+                                e.add(&Lifetime(0)).unwrap()
+                            });
+                        }
+                    }
+                }
+                // Whatever the server queued is well formed and goes to the control connection.
+                for out in h.deferred() {
+                    proptest::prop_assert_eq!(out.via, Via::Listener(100));
+                    parse(&out.bytes);
+                }
+                proptest::prop_assert_eq!(
+                    h.server.stats().tcp_connections_active as usize,
+                    h.tcp().open.len()
+                );
+                if h.server.allocation_count() == 0 {
+                    proptest::prop_assert!(h.tcp().open.is_empty());
+                    proptest::prop_assert!(h.tcp().listening.is_empty());
+                }
+            }
+            let mut unique = ids.clone();
+            unique.sort_by_key(|i| i.0);
+            unique.dedup();
+            proptest::prop_assert_eq!(unique.len(), ids.len(), "ids are never reused");
+        }
+    }
+
     /// TURN over a stream with UDP relaying: ChannelData to the client is padded to 4 bytes,
     /// ChannelData from the client comes unpadded out of the framer, and the allocation goes
     /// with its connection. RFC 5780's answers from elsewhere are refused on a stream.

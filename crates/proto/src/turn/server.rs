@@ -1484,7 +1484,9 @@ impl Server {
     /// The driver's report on a connection started with
     /// [`super::relay::TcpRelays::connect`]: the Connect response (success with CONNECTION-ID,
     /// or 447 Connection Timeout or Failure) is queued for [`Server::poll_transmit`]. On success
-    /// the connection waits up to 30 seconds for its ConnectionBind.
+    /// the connection waits up to 30 seconds for its ConnectionBind. `connected: false` about
+    /// any other peer data connection means the driver lost it: it is forgotten as by
+    /// [`Server::tcp_closed`].
     pub fn tcp_connected<R: RelaySockets>(
         &mut self,
         now: Now,
@@ -1493,6 +1495,14 @@ impl Server {
         relays: &mut R,
     ) {
         let t = self.millis(now.instant);
+        if !connected {
+            // Failed: the driver has no socket for it any more, whatever state it was in. A
+            // Connect waiting for it is answered 447.
+            if let Some(c) = self.forget_connection(conn.0) {
+                self.connect_failed(&c);
+            }
+            return;
+        }
         let state = self.tcp.conns.get(&conn.0).map(|c| c.state);
         let Some(ConnState::Connecting {
             tid,
@@ -1502,20 +1512,14 @@ impl Server {
         }) = state
         else {
             // Nothing waits for this connection (it timed out, or its allocation went): it must
-            // not stay open unaccounted for.
-            if connected && state.is_none() {
+            // not stay open unaccounted for. A second report on a live one changes nothing.
+            if state.is_none() {
                 if let Some(tcp) = relays.tcp() {
                     tcp.close_peer(conn);
                 }
             }
             return;
         };
-        if !connected {
-            if let Some(c) = self.forget_connection(conn.0) {
-                self.connect_failed(&c);
-            }
-            return;
-        }
         let Some(c) = self.tcp.conns.get_mut(&conn.0) else {
             return;
         };
