@@ -5,4 +5,6 @@ pub mod config;
 pub mod driver;
 pub mod limits;
 pub mod metrics;
+pub mod stream_conn;
+pub mod tls;
 pub mod worker;

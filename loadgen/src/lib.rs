@@ -7,6 +7,7 @@
 //! - [`fabric`]: agents' sockets, real or behind an emulated NAT.
 //! - [`worker`]: one thread per core on the relay's I/O driver, running a [`worker::Scenario`].
 //! - [`turn_only`]: the turn-only scenario (TURN clients in relayed pairs).
+//! - [`natcheck`]: `loadgen natcheck`, the NAT's mapping and filtering (RFC 5780).
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
 
@@ -15,6 +16,7 @@ pub mod cpu;
 pub mod duration;
 pub mod fabric;
 pub mod nat;
+pub mod natcheck;
 pub mod preflight;
 pub mod report;
 pub mod run;

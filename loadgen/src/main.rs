@@ -14,6 +14,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "natcheck") {
+        return loadgen::natcheck::main(std::env::args_os().skip(1));
+    }
     let config = match Config::from_args(Args::parse()) {
         Ok(c) => c,
         Err(e) => {

@@ -199,7 +199,10 @@ impl TurnOnly {
             Event::Failed { method, failure } => self.on_failure(agent, method, failure, cx),
             Event::BindingSuccess { .. }
             | Event::Refreshed { .. }
-            | Event::PermissionCreated { .. } => {}
+            | Event::PermissionCreated { .. }
+            | Event::Connected { .. }
+            | Event::ConnectionAttempt { .. }
+            | Event::ConnectionBound { .. } => {}
         }
     }
 

@@ -843,6 +843,9 @@ fn event_method(e: &Event) -> Method {
         Event::Refreshed { .. } | Event::Deallocated => Method::REFRESH,
         Event::PermissionCreated { .. } => Method::CREATE_PERMISSION,
         Event::ChannelBound { .. } => Method::CHANNEL_BIND,
+        Event::Connected { .. } => Method::CONNECT,
+        Event::ConnectionAttempt { .. } => Method::CONNECTION_ATTEMPT,
+        Event::ConnectionBound { .. } => Method::CONNECTION_BIND,
         Event::Failed { method, .. } => *method,
     }
 }

@@ -128,6 +128,16 @@ impl Framer {
         }))
     }
 
+    /// Ends framing and hands over the bytes received after the last message taken (RFC 6062
+    /// section 5.4: once a ConnectionBind succeeded, what follows it on the connection is the
+    /// peer's stream, not TURN). The framer is empty afterwards.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let mut rest = core::mem::take(&mut self.buf);
+        rest.drain(..self.start.min(rest.len()));
+        self.start = 0;
+        rest
+    }
+
     /// Releases memory once everything was consumed, so an idle connection holds no buffer.
     fn compact(&mut self) {
         if self.start == self.buf.len() {
@@ -249,6 +259,25 @@ mod tests {
         }
         assert_eq!(f.buffered(), 4 + 100 * 100);
         assert!(f.buffered() <= MAX_FRAME + 4);
+    }
+
+    #[test]
+    fn the_rest_after_the_last_message_is_handed_over_raw() {
+        let mut f = Framer::new();
+        let s = stun(1);
+        let mut bytes = s.clone();
+        bytes.extend_from_slice(b"\x16not turn any more");
+        f.push(&bytes);
+        assert_eq!(drain_one(&mut f), s);
+        assert_eq!(f.take_rest(), b"\x16not turn any more");
+        assert_eq!(f.buffered(), 0);
+        assert!(f.next_frame().is_none());
+    }
+
+    fn drain_one(f: &mut Framer) -> Vec<u8> {
+        match f.next_frame().unwrap().unwrap() {
+            Frame::Stun(b) | Frame::ChannelData(b) => b.to_vec(),
+        }
     }
 
     #[test]

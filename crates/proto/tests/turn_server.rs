@@ -13,8 +13,8 @@ use uturn_proto::stun::{
 use uturn_proto::turn::auth::{rest_password, Credentials, NonceKey};
 use uturn_proto::turn::policy::{Cidr, PeerPolicy, PeerPolicyConfig};
 use uturn_proto::turn::{
-    DropReason, FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server, ServerConfig,
-    Transmit, Transport, Via,
+    ConnectionId, DropReason, FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server,
+    ServerConfig, TcpRelays, Transmit, Transport, Via,
 };
 use uturn_proto::ChannelNumber;
 
@@ -41,6 +41,55 @@ struct FakeRelays {
     closed: Vec<u32>,
     in_use: HashSet<u16>,
     exhausted: bool,
+    /// The driver's TCP side (RFC 6062), when it has one.
+    tcp: Option<FakeTcp>,
+}
+
+/// What the server ordered of the driver's TCP side.
+#[derive(Default, Debug)]
+struct FakeTcp {
+    next: u32,
+    listening: HashMap<u32, (SocketAddr, RelayId)>,
+    closed_listeners: Vec<u32>,
+    /// Connects ordered: from, to, id.
+    connects: Vec<(SocketAddr, SocketAddr, ConnectionId)>,
+    /// Peer data connections the driver holds open (connecting, accepted or spliced).
+    open: HashSet<ConnectionId>,
+    closed: Vec<ConnectionId>,
+    splices: Vec<(u32, ConnectionId)>,
+    hand_offs: Vec<(u32, u8)>,
+}
+
+impl TcpRelays for FakeTcp {
+    fn listen(&mut self, addr: SocketAddr, id: RelayId) -> Result<u32, OpenError> {
+        assert!(
+            !self.listening.values().any(|(a, _)| *a == addr),
+            "double listen on {addr}"
+        );
+        self.next += 1;
+        let handle = 1000 + self.next;
+        self.listening.insert(handle, (addr, id));
+        Ok(handle)
+    }
+    fn close_listener(&mut self, handle: u32) {
+        assert!(self.listening.remove(&handle).is_some(), "unknown listener");
+        self.closed_listeners.push(handle);
+    }
+    fn connect(&mut self, from: SocketAddr, peer: SocketAddr, conn: ConnectionId) {
+        assert!(self.open.insert(conn), "connection id {conn:?} reused");
+        self.connects.push((from, peer, conn));
+    }
+    fn close_peer(&mut self, conn: ConnectionId) {
+        assert!(self.open.remove(&conn), "close of unknown {conn:?}");
+        self.closed.push(conn);
+    }
+    fn splice(&mut self, client: u32, conn: ConnectionId) {
+        assert!(self.open.contains(&conn), "splice of unknown {conn:?}");
+        self.splices.push((client, conn));
+    }
+    fn hand_off(&mut self, client: u32, worker: u8) {
+        self.hand_offs.push((client, worker));
+    }
 }
 
 impl RelaySockets for FakeRelays {
@@ -65,6 +114,9 @@ impl RelaySockets for FakeRelays {
             "close of unknown handle"
         );
         self.closed.push(handle);
+    }
+    fn tcp(&mut self) -> Option<&mut dyn TcpRelays> {
+        self.tcp.as_mut().map(|t| t as &mut dyn TcpRelays)
     }
 }
 
@@ -822,16 +874,22 @@ fn lifetime_is_negotiated_between_default_and_maximum() {
 }
 
 #[test]
-fn requested_transport_missing_is_400_and_tcp_is_442() {
+fn requested_transport_missing_is_400_unknown_is_442_and_tcp_over_udp_is_400() {
     let mut h = H::new();
     let c = client(1);
     let n = nonce(&mut h, c);
     let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |_| {});
     assert_eq!(error_code(&r), Some(400));
+    // Neither UDP nor TCP: 442 (RFC 6062 section 5.1 rule 1).
+    let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+        e.add(&RequestedTransport(132)).unwrap()
+    });
+    assert_eq!(error_code(&r), Some(442));
+    // TCP over UDP: 400 (rule 2), whether or not the driver relays over TCP.
     let r = authed(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
         e.add(&RequestedTransport::TCP).unwrap()
     });
-    assert_eq!(error_code(&r), Some(442));
+    assert_eq!(error_code(&r), Some(400));
     parse(&r)
         .verify_integrity(key_of(&ALICE).as_bytes())
         .unwrap();
@@ -1758,4 +1816,923 @@ fn relay_socket_budget_is_a_counted_508() {
     });
     assert_eq!(error_code(&r), None);
     allocate(&mut h, client(3), ALICE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TURN over TCP/TLS and RFC 6062 TCP relaying.
+
+mod tcp_relay {
+    use super::*;
+    use uturn_proto::stream::{Frame, Framer};
+    use uturn_proto::turn::connection_id_worker;
+
+    /// A client connection as the driver names it: its token, the client's address and the
+    /// transport.
+    #[derive(Copy, Clone, Debug)]
+    struct Conn {
+        token: u32,
+        client: SocketAddr,
+        transport: Transport,
+    }
+
+    fn conn(token: u32, client: SocketAddr, transport: Transport) -> Conn {
+        Conn {
+            token,
+            client,
+            transport,
+        }
+    }
+
+    fn tcp_h() -> H {
+        tcp_h_with(|_| {})
+    }
+
+    fn tcp_h_with(f: impl FnOnce(&mut ServerConfig)) -> H {
+        let mut h = H::with(f);
+        h.relays.tcp = Some(FakeTcp::default());
+        h
+    }
+
+    impl H {
+        fn tcp(&self) -> &FakeTcp {
+            self.relays.tcp.as_ref().unwrap()
+        }
+
+        /// One framed message from a client connection.
+        fn send_on(&mut self, c: Conn, bytes: &[u8]) -> Option<Sent> {
+            let buf = bytes.to_vec();
+            let tuple = FiveTuple {
+                client: c.client,
+                server: server_addr(),
+                transport: c.transport,
+            };
+            let now = self.now();
+            let t = self.server.handle_client(
+                now,
+                c.token,
+                tuple,
+                &buf,
+                &mut self.out,
+                &mut self.relays,
+            );
+            self.collect(t, &buf)
+        }
+
+        /// Everything the server decided to send later (Connect responses, ConnectionAttempt).
+        fn deferred(&mut self) -> Vec<Sent> {
+            let mut v = Vec::new();
+            while let Some(t) = self.server.poll_transmit(&mut self.out) {
+                v.push(self.collect(Some(t), &[]).unwrap());
+            }
+            v
+        }
+
+        fn connected(&mut self, id: ConnectionId, ok: bool) {
+            let now = self.now();
+            let tcp = self.relays.tcp.as_mut().unwrap();
+            if ok {
+                tcp.open.insert(id);
+            } else {
+                // The driver closes a failed connection itself.
+                tcp.open.remove(&id);
+            }
+            self.server.tcp_connected(now, id, ok, &mut self.relays);
+        }
+
+        fn accepted(&mut self, relay: SocketAddr, from: SocketAddr) -> Option<ConnectionId> {
+            let (_, id) = self
+                .tcp()
+                .listening
+                .values()
+                .copied()
+                .find(|(a, _)| *a == relay)
+                .expect("listening on the relayed address");
+            let now = self.now();
+            let got = self.server.tcp_accepted(now, id, from);
+            if let Some(c) = got {
+                self.relays.tcp.as_mut().unwrap().open.insert(c);
+            }
+            got
+        }
+    }
+
+    fn nonce_on(h: &mut H, c: Conn) -> String {
+        let tid = h.tid();
+        let req = request(Method::ALLOCATE, tid, None, |e| {
+            e.add(&RequestedTransport::TCP).unwrap()
+        });
+        let resp = h.send_on(c, &req).expect("401");
+        assert_eq!(error_code(&resp.bytes), Some(401));
+        let m = parse(&resp.bytes);
+        m.get::<Nonce<'_>>().unwrap().unwrap().0.to_string()
+    }
+
+    /// An authenticated request on a connection; the response, checked to be one.
+    fn authed_on(
+        h: &mut H,
+        c: Conn,
+        cr: Cred<'_>,
+        nonce: &str,
+        method: Method,
+        attrs: impl FnOnce(&mut Encoder<'_>),
+    ) -> Option<(TransactionId, Sent)> {
+        let tid = h.tid();
+        let req = request(method, tid, Some((&cr, nonce)), attrs);
+        let resp = h.send_on(c, &req)?;
+        assert_eq!(resp.to, c.client);
+        assert_eq!(resp.via, Via::Listener(c.token));
+        let m = parse(&resp.bytes);
+        assert_eq!(m.transaction_id(), tid);
+        assert_eq!(m.method(), method);
+        m.verify_integrity(key_of(&cr).as_bytes())
+            .expect("signed with the requester's key");
+        Some((tid, resp))
+    }
+
+    struct TcpAlloc {
+        control: Conn,
+        relay: SocketAddr,
+        nonce: String,
+    }
+
+    fn allocate_tcp(h: &mut H, control: Conn) -> TcpAlloc {
+        let udp_sockets = h.relays.open.len();
+        let nonce = nonce_on(h, control);
+        let (_, r) = authed_on(h, control, ALICE, &nonce, Method::ALLOCATE, |e| {
+            e.add(&RequestedTransport::TCP).unwrap()
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), None, "TCP allocation granted");
+        let m = parse(&r.bytes);
+        assert!(
+            m.get::<ReservationToken>().unwrap().is_none(),
+            "RFC 6062 5.1 rule 5"
+        );
+        let relay = m.get::<XorRelayedAddress>().unwrap().unwrap().0;
+        assert!(
+            h.tcp().listening.values().any(|(a, _)| *a == relay),
+            "the server listens on the relayed address"
+        );
+        assert_eq!(
+            h.relays.open.len(),
+            udp_sockets,
+            "no UDP socket for a TCP allocation"
+        );
+        TcpAlloc {
+            control,
+            relay,
+            nonce,
+        }
+    }
+
+    /// Sends Connect; `Some(code)` when answered at once with an error, `None` when the answer
+    /// waits for the connection (the request's transaction id is returned then).
+    fn connect(h: &mut H, a: &TcpAlloc, p: SocketAddr) -> Result<TransactionId, u16> {
+        match authed_on(h, a.control, ALICE, &a.nonce, Method::CONNECT, |e| {
+            e.add(&XorPeerAddress(p)).unwrap()
+        }) {
+            Some((_, r)) => Err(error_code(&r.bytes).expect("an immediate answer is an error")),
+            None => Ok(h.tid_last()),
+        }
+    }
+
+    impl H {
+        fn tid_last(&self) -> TransactionId {
+            let mut t = [0u8; 12];
+            t[..8].copy_from_slice(&self.tid.to_be_bytes());
+            TransactionId(t)
+        }
+    }
+
+    fn connection_bind(h: &mut H, data: Conn, cr: Cred<'_>, id: ConnectionId) -> Option<u16> {
+        let n = nonce_on(h, data);
+        let (_, r) = authed_on(h, data, cr, &n, Method::CONNECTION_BIND, |e| {
+            e.add(&id).unwrap()
+        })
+        .expect("ConnectionBind is answered at once");
+        error_code(&r.bytes)
+    }
+
+    fn last_connect(h: &H) -> (SocketAddr, SocketAddr, ConnectionId) {
+        *h.tcp().connects.last().expect("a connect was ordered")
+    }
+
+    fn control(t: Transport) -> Conn {
+        conn(100, client(1), t)
+    }
+
+    fn data_conn(token: u32, t: Transport) -> Conn {
+        conn(
+            token,
+            SocketAddr::new(client(1).ip(), 50000 + token as u16),
+            t,
+        )
+    }
+
+    /// RFC 6062 section 4.3 and 5.2 from the client's side, over TCP and over TLS: Connect,
+    /// the deferred success with CONNECTION-ID, ConnectionBind on a new connection, the splice.
+    #[test]
+    fn connect_then_connection_bind_splices_over_tcp_and_tls() {
+        for t in [Transport::Tcp, Transport::Tls] {
+            let mut h = tcp_h();
+            let a = allocate_tcp(&mut h, control(t));
+            let tid = connect(&mut h, &a, peer(1)).expect("answered later");
+            let (from, to, id) = last_connect(&h);
+            assert_eq!(
+                (from, to),
+                (a.relay, peer(1)),
+                "connects from the relayed address"
+            );
+            assert_eq!(connection_id_worker(id), 0, "the worker's byte tops the id");
+            assert!(h.deferred().is_empty(), "nothing until the driver reports");
+
+            h.connected(id, true);
+            let out = h.deferred();
+            assert_eq!(out.len(), 1);
+            let r = &out[0];
+            assert_eq!((r.via, r.to), (Via::Listener(100), client(1)));
+            let m = parse(&r.bytes);
+            assert_eq!((m.method(), m.class()), (Method::CONNECT, Class::Success));
+            assert_eq!(m.transaction_id(), tid);
+            assert_eq!(m.get::<ConnectionId>().unwrap(), Some(id));
+            m.verify_integrity(key_of(&ALICE).as_bytes()).unwrap();
+            m.check_fingerprint().unwrap();
+
+            let data = data_conn(101, t);
+            assert_eq!(connection_bind(&mut h, data, ALICE, id), None);
+            assert_eq!(h.tcp().splices, vec![(101, id)]);
+            assert_eq!(h.server.stats().tcp_connections_active, 1);
+            assert_eq!(h.server.stats().requests_of(Method::CONNECT, None), 1);
+            assert_eq!(
+                h.server.stats().requests_of(Method::CONNECTION_BIND, None),
+                1
+            );
+
+            // The id is spent: a second bind is 400, and the spliced pair still counts as a
+            // connection to peer 1 (446).
+            assert_eq!(
+                connection_bind(&mut h, data_conn(102, t), ALICE, id),
+                Some(400)
+            );
+            assert_eq!(connect(&mut h, &a, peer(1)), Err(446));
+            // A connection to another peer is fine meanwhile.
+            assert!(connect(&mut h, &a, peer(2)).is_ok());
+
+            // The splice ends (either side closed): peer 1 can be connected to again.
+            h.server.tcp_closed(id);
+            h.relays.tcp.as_mut().unwrap().open.remove(&id);
+            assert!(connect(&mut h, &a, peer(1)).is_ok());
+            let (_, _, id2) = last_connect(&h);
+            assert_ne!(id2, id);
+        }
+    }
+
+    #[test]
+    fn connect_to_a_peer_already_connecting_is_446_and_a_failed_connect_is_447() {
+        let mut h = tcp_h();
+        let a = allocate_tcp(&mut h, control(Transport::Tcp));
+        let tid = connect(&mut h, &a, peer(1)).unwrap();
+        let (_, _, id) = last_connect(&h);
+        assert_eq!(connect(&mut h, &a, peer(1)), Err(446));
+        assert_eq!(h.tcp().connects.len(), 1, "no second connect ordered");
+
+        h.connected(id, false);
+        let out = h.deferred();
+        assert_eq!(out.len(), 1);
+        let m = parse(&out[0].bytes);
+        assert_eq!(m.transaction_id(), tid);
+        assert_eq!(m.class(), Class::Error);
+        assert_eq!(error_code(&out[0].bytes), Some(447));
+        m.verify_integrity(key_of(&ALICE).as_bytes()).unwrap();
+        assert_eq!(h.server.stats().requests_of(Method::CONNECT, Some(447)), 1);
+        assert_eq!(h.server.stats().tcp_connections_active, 0);
+        // A late or repeated report changes nothing.
+        h.connected(id, true);
+        assert!(h.deferred().is_empty());
+        assert_eq!(h.tcp().closed, vec![id], "a stray connection is closed");
+
+        // Failed connections do not count against 446.
+        assert!(connect(&mut h, &a, peer(1)).is_ok());
+    }
+
+    /// RFC 6062 section 5.2: the connect timeout is at least 30 s, then 447; a connection
+    /// without ConnectionBind is closed after 30 s (sections 5.2 and 5.3).
+    #[test]
+    fn connect_timeout_is_447_and_unbound_connections_close_after_30_seconds() {
+        // Configured shorter than the RFC allows: the server keeps to 30 s.
+        let mut h = tcp_h_with(|c| c.tcp_connect_timeout = Duration::from_secs(5));
+        let a = allocate_tcp(&mut h, control(Transport::Tcp));
+        let tid = connect(&mut h, &a, peer(1)).unwrap();
+        let (_, _, stalled) = last_connect(&h);
+        h.advance(29);
+        assert!(h.deferred().is_empty(), "still waiting at 29 s");
+        assert!(h.tcp().closed.is_empty());
+        h.advance(2);
+        let out = h.deferred();
+        assert_eq!(out.len(), 1);
+        assert_eq!(parse(&out[0].bytes).transaction_id(), tid);
+        assert_eq!(error_code(&out[0].bytes), Some(447));
+        assert_eq!(h.tcp().closed, vec![stalled], "the attempt is abandoned");
+
+        // Connected, but never bound.
+        connect(&mut h, &a, peer(2)).unwrap();
+        let (_, _, id) = last_connect(&h);
+        h.connected(id, true);
+        assert_eq!(h.deferred().len(), 1);
+        h.advance(29);
+        assert!(!h.tcp().closed.contains(&id));
+        h.advance(2);
+        assert!(h.tcp().closed.contains(&id), "closed after 30 s unbound");
+        assert_eq!(
+            connection_bind(&mut h, data_conn(101, Transport::Tcp), ALICE, id),
+            Some(400)
+        );
+        assert_eq!(h.server.stats().tcp_connections_active, 0);
+    }
+
+    /// RFC 6062 section 5.3: a peer connecting to the relayed address needs a permission; then
+    /// the client hears of it in a ConnectionAttempt and binds it.
+    #[test]
+    fn peer_initiated_connection_attempt_and_bind() {
+        let mut h = tcp_h();
+        let a = allocate_tcp(&mut h, control(Transport::Tls));
+        assert_eq!(h.accepted(a.relay, peer(1)), None, "no permission: closed");
+        assert_eq!(h.server.stats().tcp_connections_refused, 1);
+        assert!(h.deferred().is_empty());
+
+        let (_, r) = authed_on(
+            &mut h,
+            a.control,
+            ALICE,
+            &a.nonce,
+            Method::CREATE_PERMISSION,
+            |e| e.add(&XorPeerAddress(peer(1))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), None);
+        // Any port of a permitted IP may connect (permissions are per IP).
+        let from = SocketAddr::new(peer(1).ip(), 61000);
+        let id = h.accepted(a.relay, from).expect("accepted");
+        let out = h.deferred();
+        assert_eq!(out.len(), 1);
+        let s = &out[0];
+        assert_eq!((s.via, s.to), (Via::Listener(100), client(1)));
+        let m = parse(&s.bytes);
+        assert_eq!(
+            (m.method(), m.class()),
+            (Method::CONNECTION_ATTEMPT, Class::Indication)
+        );
+        assert_eq!(
+            m.get::<XorPeerAddress>().unwrap(),
+            Some(XorPeerAddress(from))
+        );
+        assert_eq!(m.get::<ConnectionId>().unwrap(), Some(id));
+
+        // Someone else's credentials cannot take the connection: 441.
+        assert_eq!(
+            connection_bind(&mut h, data_conn(101, Transport::Tls), BOB, id),
+            Some(441)
+        );
+        assert_eq!(
+            connection_bind(&mut h, data_conn(102, Transport::Tls), ALICE, id),
+            None
+        );
+        assert_eq!(h.tcp().splices, vec![(102, id)]);
+
+        // Not while the permission has lapsed.
+        h.advance(301);
+        assert_eq!(h.accepted(a.relay, from), None);
+    }
+
+    /// The peer policy holds for TCP peers: 403 before any connection is attempted.
+    #[test]
+    fn connect_to_refused_peers_is_403_and_to_port_0_is_400() {
+        let mut h = tcp_h();
+        let a = allocate_tcp(&mut h, control(Transport::Tcp));
+        for p in [
+            "0.0.0.0:80",
+            "127.0.0.1:80",
+            "10.1.2.3:443",
+            "192.168.1.1:22",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert_eq!(connect(&mut h, &a, p.parse().unwrap()), Err(403), "{p}");
+        }
+        // The server's own listening socket.
+        assert_eq!(connect(&mut h, &a, server_addr()), Err(403));
+        assert_eq!(connect(&mut h, &a, "8.8.4.4:0".parse().unwrap()), Err(400));
+        // An IPv6 peer for an IPv4-only allocation.
+        assert_eq!(
+            connect(&mut h, &a, "[2606:4700::1]:443".parse().unwrap()),
+            Err(443)
+        );
+        let (_, r) =
+            authed_on(&mut h, a.control, ALICE, &a.nonce, Method::CONNECT, |_| {}).unwrap();
+        assert_eq!(error_code(&r.bytes), Some(400), "no XOR-PEER-ADDRESS");
+        assert!(h.tcp().connects.is_empty());
+
+        // Loopback when the operator allows it (tests only).
+        let mut h = tcp_h_with(|c| c.peer_policy = policy(vec![], vec![], true));
+        let a = allocate_tcp(&mut h, control(Transport::Tcp));
+        assert!(connect(&mut h, &a, "127.0.0.1:8080".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn tcp_allocation_rules_of_rfc_6062_section_5_1() {
+        // Without the driver's TCP side: 442.
+        let mut h = H::new();
+        let c = control(Transport::Tcp);
+        let n = nonce_on(&mut h, c);
+        let (_, r) = authed_on(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+            e.add(&RequestedTransport::TCP).unwrap()
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), Some(442));
+
+        // DONT-FRAGMENT, EVEN-PORT, RESERVATION-TOKEN: 400.
+        let mut h = tcp_h();
+        let n = nonce_on(&mut h, c);
+        let attrs: [&dyn Fn(&mut Encoder<'_>); 3] = [
+            &|e| e.add(&DontFragment).unwrap(),
+            &|e| e.add(&EvenPort { reserve: false }).unwrap(),
+            &|e| e.add(&ReservationToken([1; 8])).unwrap(),
+        ];
+        for add in attrs {
+            let (_, r) = authed_on(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+                e.add(&RequestedTransport::TCP).unwrap();
+                add(e);
+            })
+            .unwrap();
+            assert_eq!(error_code(&r.bytes), Some(400));
+        }
+        assert_eq!(h.server.allocation_count(), 0);
+        assert!(h.tcp().listening.is_empty());
+    }
+
+    #[test]
+    fn tcp_requests_in_the_wrong_place_are_refused() {
+        let mut h = tcp_h();
+        // Connect over a connection without an allocation: 437.
+        let c = control(Transport::Tcp);
+        let n = nonce_on(&mut h, c);
+        let (_, r) = authed_on(&mut h, c, ALICE, &n, Method::CONNECT, |e| {
+            e.add(&XorPeerAddress(peer(1))).unwrap()
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), Some(437));
+
+        // Connect on a UDP allocation: 400. ConnectionBind over UDP: 400.
+        let udp = allocate(&mut h, client(2), ALICE);
+        let r = authed(&mut h, client(2), ALICE, &udp.nonce, Method::CONNECT, |e| {
+            e.add(&XorPeerAddress(peer(1))).unwrap()
+        });
+        assert_eq!(error_code(&r), Some(400));
+        let r = authed(
+            &mut h,
+            client(2),
+            ALICE,
+            &udp.nonce,
+            Method::CONNECTION_BIND,
+            |e| e.add(&ConnectionId(7)).unwrap(),
+        );
+        assert_eq!(error_code(&r), Some(400));
+
+        let a = allocate_tcp(&mut h, c);
+        // ChannelBind on a TCP allocation: 400; Send indications are dropped.
+        let (_, r) = authed_on(&mut h, c, ALICE, &a.nonce, Method::CHANNEL_BIND, |e| {
+            e.add(&ChannelNumber::new(0x4001).unwrap()).unwrap();
+            e.add(&XorPeerAddress(peer(1))).unwrap();
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), Some(400));
+        let tid = h.tid();
+        assert!(h.send_on(c, &send_indication(tid, peer(1), b"x")).is_none());
+
+        // ConnectionBind: without CONNECTION-ID, with an unknown one, on the control
+        // connection itself: 400.
+        connect(&mut h, &a, peer(1)).unwrap();
+        let (_, _, id) = last_connect(&h);
+        h.connected(id, true);
+        h.deferred();
+        let d = data_conn(101, Transport::Tcp);
+        let n = nonce_on(&mut h, d);
+        let (_, r) = authed_on(&mut h, d, ALICE, &n, Method::CONNECTION_BIND, |_| {}).unwrap();
+        assert_eq!(error_code(&r.bytes), Some(400));
+        assert_eq!(
+            connection_bind(&mut h, d, ALICE, ConnectionId(id.0 ^ 1)),
+            Some(400)
+        );
+        let (_, r) = authed_on(&mut h, c, ALICE, &a.nonce, Method::CONNECTION_BIND, |e| {
+            e.add(&id).unwrap()
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), Some(400));
+        assert!(h.tcp().splices.is_empty());
+        // Still bindable from a proper data connection.
+        assert_eq!(connection_bind(&mut h, d, ALICE, id), None);
+    }
+
+    /// A ConnectionBind can land on any worker; an id of another worker is handed there.
+    #[test]
+    fn connection_bind_for_another_worker_is_handed_off() {
+        let mut h = tcp_h_with(|c| c.worker = 3);
+        let a = allocate_tcp(&mut h, control(Transport::Tcp));
+        connect(&mut h, &a, peer(1)).unwrap();
+        let (_, _, id) = last_connect(&h);
+        assert_eq!(connection_id_worker(id), 3);
+        let d = data_conn(101, Transport::Tcp);
+        let n = nonce_on(&mut h, d);
+        let tid = h.tid();
+        let req = request(Method::CONNECTION_BIND, tid, Some((&ALICE, &n)), |e| {
+            e.add(&ConnectionId(0x0100_0001)).unwrap()
+        });
+        assert!(h.send_on(d, &req).is_none(), "answered by worker 1");
+        assert_eq!(h.tcp().hand_offs, vec![(101, 1)]);
+        // Unauthenticated, nothing is handed anywhere.
+        let tid = h.tid();
+        let req = request(Method::CONNECTION_BIND, tid, None, |e| {
+            e.add(&ConnectionId(0x0100_0001)).unwrap()
+        });
+        assert_eq!(error_code(&h.send_on(d, &req).unwrap().bytes), Some(401));
+        assert_eq!(h.tcp().hand_offs.len(), 1);
+    }
+
+    /// Deleting a TCP allocation (Refresh 0, expiry, or its control connection closing) closes
+    /// its listening sockets and every data connection, and what it still owed is dropped.
+    #[test]
+    fn allocation_end_closes_the_tcp_relay_state() {
+        enum End {
+            Refresh,
+            Expiry,
+            ConnectionClosed,
+        }
+        for end in [End::Refresh, End::Expiry, End::ConnectionClosed] {
+            let mut h = tcp_h();
+            let c = control(Transport::Tcp);
+            let a = allocate_tcp(&mut h, c);
+            let authed_ok = |h: &mut H, m, p: SocketAddr| {
+                let (_, r) = authed_on(h, c, ALICE, &a.nonce, m, |e| {
+                    e.add(&XorPeerAddress(p)).unwrap()
+                })
+                .unwrap();
+                assert_eq!(error_code(&r.bytes), None);
+            };
+            authed_ok(&mut h, Method::CREATE_PERMISSION, peer(3));
+            // One connecting, one bound, one accepted and waiting.
+            connect(&mut h, &a, peer(1)).unwrap();
+            let (_, _, connecting) = last_connect(&h);
+            connect(&mut h, &a, peer(2)).unwrap();
+            let (_, _, bound) = last_connect(&h);
+            h.connected(bound, true);
+            h.deferred();
+            assert_eq!(
+                connection_bind(&mut h, data_conn(101, Transport::Tcp), ALICE, bound),
+                None
+            );
+            let waiting = h.accepted(a.relay, peer(3)).unwrap();
+            // The ConnectionAttempt is still queued when the allocation goes.
+            match end {
+                End::Refresh => {
+                    let (_, r) = authed_on(&mut h, c, ALICE, &a.nonce, Method::REFRESH, |e| {
+                        e.add(&Lifetime(0)).unwrap()
+                    })
+                    .unwrap();
+                    assert_eq!(error_code(&r.bytes), None);
+                }
+                End::Expiry => h.advance(601),
+                End::ConnectionClosed => {
+                    let tuple = FiveTuple {
+                        client: c.client,
+                        server: server_addr(),
+                        transport: c.transport,
+                    };
+                    h.server.connection_closed(c.token, tuple, &mut h.relays);
+                }
+            }
+            assert_eq!(h.server.allocation_count(), 0);
+            let t = h.tcp();
+            assert!(t.listening.is_empty(), "listener closed");
+            assert_eq!(t.closed_listeners.len(), 1);
+            assert!(t.open.is_empty(), "every data connection closed");
+            for id in [connecting, bound, waiting] {
+                assert!(t.closed.contains(&id), "{id:?}");
+            }
+            assert!(
+                h.deferred().is_empty(),
+                "nothing sent for a gone allocation"
+            );
+            assert_eq!(h.server.stats().tcp_connections_active, 0);
+            // Reports arriving afterwards are harmless.
+            h.server.tcp_closed(bound);
+            let now = h.now();
+            h.server
+                .tcp_connected(now, connecting, false, &mut h.relays);
+            assert!(h.deferred().is_empty());
+        }
+    }
+
+    /// Moves everything `cl` wants to send over a byte stream to the server (cut into 3-byte
+    /// reads, framed by the server side's framer) and everything the server answers, deferred
+    /// messages included, back (cut into 5-byte reads, framed by the client side's), until
+    /// both are quiet.
+    fn pump_stream(
+        h: &mut H,
+        cl: &mut uturn_proto::client::TurnClient,
+        c: Conn,
+        framers: &mut (Framer, Framer),
+    ) {
+        loop {
+            let mut up = Vec::new();
+            let mut buf = [0u8; 1500];
+            while let Some(t) = cl.poll_transmit(&mut buf) {
+                up.extend_from_slice(&buf[..t.len]);
+            }
+            let mut down = Vec::new();
+            for piece in up.chunks(3) {
+                framers.0.push(piece);
+                while let Some(f) = framers.0.next_frame() {
+                    let msg = match f.expect("the client frames correctly") {
+                        Frame::Stun(b) | Frame::ChannelData(b) => b.to_vec(),
+                    };
+                    if let Some(s) = h.send_on(c, &msg) {
+                        assert_eq!((s.via, s.to), (Via::Listener(c.token), c.client));
+                        down.extend_from_slice(&s.bytes);
+                    }
+                }
+            }
+            for s in h.deferred() {
+                assert_eq!((s.via, s.to), (Via::Listener(c.token), c.client));
+                down.extend_from_slice(&s.bytes);
+            }
+            if down.is_empty() {
+                return;
+            }
+            let now = h.now().instant;
+            for piece in down.chunks(5) {
+                framers.1.push(piece);
+                while let Some(f) = framers.1.next_frame() {
+                    let (Frame::Stun(b) | Frame::ChannelData(b)) = f.expect("server frames");
+                    let input = cl.handle_input(now, server_addr(), b);
+                    assert_eq!(input, uturn_proto::client::Input::Handled);
+                }
+            }
+        }
+    }
+
+    /// The project's own client drives RFC 6062 against the server, both ends on framed byte
+    /// streams: TCP allocation, Connect, ConnectionBind on a data connection (with its own
+    /// 401), and a ConnectionAttempt after a permission.
+    #[test]
+    fn the_client_drives_a_tcp_allocation_end_to_end() {
+        use uturn_proto::client::{
+            ClientConfig, Event, RelayFamily, Transport as ClientTransport, TurnClient,
+        };
+        let mut h = tcp_h();
+        let ctl = control(Transport::Tls);
+        let mut cfg = ClientConfig::new(server_addr(), "alice", "alice-pass");
+        cfg.transport = ClientTransport::Tls;
+        let mut cl = TurnClient::new(cfg.clone(), [1; 32]).unwrap();
+        let mut stream = (Framer::new(), Framer::new());
+        let now = h.now().instant;
+        let events =
+            |cl: &mut TurnClient| std::iter::from_fn(|| cl.poll_event()).collect::<Vec<_>>();
+
+        cl.allocate_tcp(now, RelayFamily::Ipv4).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        let relayed = match events(&mut cl)[..] {
+            [Event::Allocated(a)] if a.tcp => a.relayed,
+            ref other => panic!("{other:?}"),
+        };
+
+        cl.connect(now, peer(1)).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert!(events(&mut cl).is_empty(), "waits for the connection");
+        let (from, to, id) = last_connect(&h);
+        assert_eq!((from, to), (relayed, peer(1)));
+        h.connected(id, true);
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert_eq!(
+            events(&mut cl),
+            vec![Event::Connected { peer: peer(1), id }]
+        );
+
+        let data = data_conn(101, Transport::Tls);
+        let mut dcl = TurnClient::new(cfg.clone(), [2; 32]).unwrap();
+        let mut dstream = (Framer::new(), Framer::new());
+        dcl.connection_bind(now, id).unwrap();
+        pump_stream(&mut h, &mut dcl, data, &mut dstream);
+        assert_eq!(events(&mut dcl), vec![Event::ConnectionBound { id }]);
+        assert_eq!(h.tcp().splices, vec![(101, id)]);
+
+        cl.create_permission(now, &[peer(2).ip()]).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert!(matches!(
+            events(&mut cl)[..],
+            [Event::PermissionCreated { .. }]
+        ));
+        let id2 = h.accepted(relayed, peer(2)).unwrap();
+        pump_stream(&mut h, &mut cl, ctl, &mut stream);
+        assert_eq!(
+            events(&mut cl),
+            vec![Event::ConnectionAttempt {
+                peer: peer(2),
+                id: id2
+            }]
+        );
+    }
+
+    /// One thing that can happen to a TCP allocation, from the client, the driver or the clock.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Connect(u8),
+        Report { which: usize, ok: bool },
+        Accept(u8),
+        Permit(u8),
+        Bind { which: usize, bob: bool },
+        Closed(usize),
+        Advance(u8),
+        Delete,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..4).prop_map(Step::Connect),
+            (0usize..8, any::<bool>()).prop_map(|(which, ok)| Step::Report { which, ok }),
+            (0u8..4).prop_map(Step::Accept),
+            (0u8..4).prop_map(Step::Permit),
+            (0usize..8, any::<bool>()).prop_map(|(which, bob)| Step::Bind { which, bob }),
+            (0usize..8).prop_map(Step::Closed),
+            (0u8..40).prop_map(Step::Advance),
+            Just(Step::Delete),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever order clients, drivers and timers act in, the server and the driver agree
+        /// on which peer data connections are open (the server never leaks one, never closes
+        /// one twice, never reuses an id), and nothing panics.
+        #[test]
+        fn server_and_driver_agree_on_open_connections(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            let mut h = tcp_h();
+            let mut a = Some(allocate_tcp(&mut h, control(Transport::Tcp)));
+            // Every id the server ever handed out, in order.
+            let mut ids: Vec<ConnectionId> = Vec::new();
+            let mut next_data = 200u32;
+            for s in steps {
+                match s {
+                    Step::Connect(p) => {
+                        if let Some(a) = &a {
+                            let before = h.tcp().connects.len();
+                            let _ = connect(&mut h, a, peer(p));
+                            if h.tcp().connects.len() > before {
+                                ids.push(last_connect(&h).2);
+                            }
+                        }
+                    }
+                    Step::Report { which, ok } => {
+                        if let Some(&id) = ids.get(which) {
+                            // A driver reports only connections it still holds.
+                            if h.tcp().open.contains(&id) {
+                                h.connected(id, ok);
+                            }
+                        }
+                    }
+                    Step::Accept(p) => {
+                        if let Some(a) = &a {
+                            if let Some(id) = h.accepted(a.relay, peer(p)) {
+                                ids.push(id);
+                            }
+                        }
+                    }
+                    Step::Permit(p) => {
+                        if let Some(a) = &a {
+                            authed_on(&mut h, a.control, ALICE, &a.nonce, Method::CREATE_PERMISSION, |e| {
+                                e.add(&XorPeerAddress(peer(p))).unwrap()
+                            });
+                        }
+                    }
+                    Step::Bind { which, bob } => {
+                        if let Some(&id) = ids.get(which) {
+                            next_data += 1;
+                            let cr = if bob { BOB } else { ALICE };
+                            connection_bind(&mut h, data_conn(next_data, Transport::Tcp), cr, id);
+                        }
+                    }
+                    Step::Closed(which) => {
+                        if let Some(&id) = ids.get(which) {
+                            if h.relays.tcp.as_mut().unwrap().open.remove(&id) {
+                                h.server.tcp_closed(id);
+                            }
+                        }
+                    }
+                    Step::Advance(secs) => h.advance(u64::from(secs)),
+                    Step::Delete => {
+                        if let Some(al) = a.take() {
+                            authed_on(&mut h, al.control, ALICE, &al.nonce, Method::REFRESH, |e| {
+                                e.add(&Lifetime(0)).unwrap()
+                            });
+                        }
+                    }
+                }
+                // Whatever the server queued is well formed and goes to the control connection.
+                for out in h.deferred() {
+                    proptest::prop_assert_eq!(out.via, Via::Listener(100));
+                    parse(&out.bytes);
+                }
+                proptest::prop_assert_eq!(
+                    h.server.stats().tcp_connections_active as usize,
+                    h.tcp().open.len()
+                );
+                if h.server.allocation_count() == 0 {
+                    proptest::prop_assert!(h.tcp().open.is_empty());
+                    proptest::prop_assert!(h.tcp().listening.is_empty());
+                }
+            }
+            let mut unique = ids.clone();
+            unique.sort_by_key(|i| i.0);
+            unique.dedup();
+            proptest::prop_assert_eq!(unique.len(), ids.len(), "ids are never reused");
+        }
+    }
+
+    /// TURN over a stream with UDP relaying: ChannelData to the client is padded to 4 bytes,
+    /// ChannelData from the client comes unpadded out of the framer, and the allocation goes
+    /// with its connection. RFC 5780's answers from elsewhere are refused on a stream.
+    #[test]
+    fn udp_relaying_over_a_stream_control_connection() {
+        use uturn_proto::turn::config::NatDiscovery;
+        let mut h = tcp_h_with(|c| {
+            c.nat_discovery = Some(NatDiscovery {
+                listeners: vec![
+                    (LISTENER, server_addr()),
+                    (8, "203.0.113.1:3479".parse().unwrap()),
+                    (9, "203.0.113.2:3478".parse().unwrap()),
+                    (10, "203.0.113.2:3479".parse().unwrap()),
+                ],
+            })
+        });
+        let c = control(Transport::Tls);
+        let n = nonce_on(&mut h, c);
+        let (_, r) = authed_on(&mut h, c, ALICE, &n, Method::ALLOCATE, |e| {
+            e.add(&RequestedTransport::UDP).unwrap()
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), None);
+        let relay = parse(&r.bytes)
+            .get::<XorRelayedAddress>()
+            .unwrap()
+            .unwrap()
+            .0;
+        let (_, r) = authed_on(&mut h, c, ALICE, &n, Method::CHANNEL_BIND, |e| {
+            e.add(&ChannelNumber::new(0x4001).unwrap()).unwrap();
+            e.add(&XorPeerAddress(peer(1))).unwrap();
+        })
+        .unwrap();
+        assert_eq!(error_code(&r.bytes), None);
+
+        for len in [0usize, 1, 3, 4, 5, 8] {
+            let payload: Vec<u8> = (0..len as u8).collect();
+            let s = h.peer_sends(relay, peer(1), &payload).unwrap();
+            assert_eq!(s.via, Via::Listener(100));
+            let padded = (4 + len).div_ceil(4) * 4;
+            assert_eq!(s.bytes.len(), padded, "padded to 4 on a stream ({len})");
+            assert_eq!(&s.bytes[4..4 + len], &payload[..]);
+            assert!(s.bytes[4 + len..].iter().all(|b| *b == 0));
+            // The framer hands over the message without its padding.
+            let s = h.send_on(c, &channel_data(0x4001, &payload)).unwrap();
+            assert_eq!((s.to, s.bytes), (peer(1), payload));
+        }
+
+        for (change, port) in [(true, None), (false, Some(4000u16))] {
+            let tid = h.tid();
+            let req = request(Method::BINDING, tid, None, |e| {
+                if change {
+                    e.add(&ChangeRequest {
+                        change_ip: true,
+                        change_port: true,
+                    })
+                    .unwrap();
+                }
+                if let Some(p) = port {
+                    e.add(&ResponsePort(p)).unwrap();
+                }
+            });
+            let r = h.send_on(c, &req).unwrap();
+            assert_eq!(r.via, Via::Listener(100));
+            assert_eq!(error_code(&r.bytes), Some(400));
+        }
+
+        let tuple = FiveTuple {
+            client: c.client,
+            server: server_addr(),
+            transport: c.transport,
+        };
+        h.server.connection_closed(c.token, tuple, &mut h.relays);
+        assert_eq!(h.server.allocation_count(), 0);
+        assert!(h.relays.open.is_empty(), "relay socket closed");
+    }
 }

@@ -38,11 +38,25 @@
 //! # }
 //! ```
 //!
+//! # TCP and TLS to the server, and TCP relaying (RFC 6062)
+//!
+//! With [`ClientConfig::transport`] set to TCP or TLS, requests are sent once and given up after
+//! `Ti` (RFC 8489 section 6.2.2), ChannelData is padded to 4 bytes (RFC 8656 section 12.5), and
+//! the caller cuts the received byte stream into messages with [`crate::stream::Framer`] before
+//! [`TurnClient::handle_input`]. The TCP relaying of RFC 6062 takes two kinds of client:
+//! - the *control* client, on the first connection: [`TurnClient::allocate_tcp`], then
+//!   [`TurnClient::connect`] per peer ([`Event::Connected`]) or [`Event::ConnectionAttempt`]
+//!   when a peer connects to the relayed address;
+//! - one *data* client per peer connection, on a new connection to the same server address with
+//!   the same credentials: [`TurnClient::connection_bind`] with the CONNECTION-ID. After
+//!   [`Event::ConnectionBound`] the connection carries the peer's bytes as they are, and the
+//!   data client is done.
+//!
 //! Not covered: USERHASH and the nonce cookie's security feature bits (RFC 8489 section 9.2.1;
 //! the bid-down check they enable is the server's), the ICMP attribute in Data indications,
 //! ADDRESS-ERROR-CODE of half-failed dual allocations, 300 Try Alternate, EVEN-PORT,
-//! RESERVATION-TOKEN, DONT-FRAGMENT and TCP relaying (RFC 6062). Usernames and passwords are used
-//! as given, without OpaqueString preparation (see [`crate::stun::integrity`]).
+//! RESERVATION-TOKEN and DONT-FRAGMENT. Usernames and passwords are used as given, without
+//! OpaqueString preparation (see [`crate::stun::integrity`]).
 
 mod auth;
 mod peers;

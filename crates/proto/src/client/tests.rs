@@ -257,6 +257,7 @@ fn allocate_answers_401_with_long_term_credentials() {
         additional_relayed: None,
         mapped: Some(mapped()),
         lifetime: secs(600),
+        tcp: false,
     };
     assert_eq!(h.events(), vec![Event::Allocated(expected)]);
     assert_eq!(h.client.allocation(), Some(&expected));
@@ -1093,4 +1094,167 @@ fn hostile_input_never_panics() {
             },
         )
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 6062: TCP allocations, Connect, ConnectionBind, ConnectionAttempt.
+
+impl Harness {
+    /// A TCP allocation over TCP, granted after a 401; returns the key.
+    fn tcp_allocated(&mut self) -> LongTermKey {
+        self.client
+            .allocate_tcp(self.now, RelayFamily::Ipv4)
+            .unwrap();
+        let first = self.one();
+        let m = Message::parse(&first).unwrap();
+        assert_eq!(
+            m.get::<RequestedTransport>().unwrap(),
+            Some(RequestedTransport::TCP)
+        );
+        self.feed(&challenge(&first, 401, "nonce-1", None));
+        let retry = self.one();
+        let key = md5_key();
+        self.feed(&allocate_ok(&retry, &key, 600));
+        match self.events()[..] {
+            [Event::Allocated(a)] => assert!(a.tcp),
+            ref other => panic!("{other:?}"),
+        }
+        key
+    }
+}
+
+fn connection_attempt(p: SocketAddr, id: u32) -> Vec<u8> {
+    let mut buf = [0u8; 200];
+    let mut e = Encoder::new(
+        &mut buf,
+        MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication),
+        TransactionId([3; 12]),
+    )
+    .unwrap();
+    e.add(&XorPeerAddress(p)).unwrap();
+    e.add(&ConnectionId(id)).unwrap();
+    let n = e.finish();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn tcp_operations_need_a_stream_and_a_tcp_allocation() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.client.allocate_tcp(h.now, RelayFamily::Ipv4),
+        Err(ClientError::NeedsStream)
+    );
+    assert_eq!(
+        h.client.connection_bind(h.now, ConnectionId(1)),
+        Err(ClientError::NeedsStream)
+    );
+    assert_eq!(
+        h.client.connect(h.now, peer(1)),
+        Err(ClientError::NotAllocated)
+    );
+    h.allocated();
+    assert_eq!(
+        h.client.connect(h.now, peer(1)),
+        Err(ClientError::NotTcpAllocation)
+    );
+    // A ConnectionAttempt means nothing to a UDP allocation.
+    assert_eq!(
+        h.feed(&connection_attempt(peer(1), 9)),
+        Input::Ignored(Ignored::Unexpected)
+    );
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn connect_success_failure_and_connection_attempt() {
+    let mut h = Harness::with(|c| c.transport = Transport::Tls);
+    let key = h.tcp_allocated();
+
+    h.client.connect(h.now, peer(1)).unwrap();
+    let req = h.one();
+    let m = Message::parse(&req).unwrap();
+    assert_eq!(m.method(), Method::CONNECT);
+    assert_eq!(
+        m.get::<XorPeerAddress>().unwrap(),
+        Some(XorPeerAddress(peer(1)))
+    );
+    m.verify_integrity(key.as_bytes()).unwrap();
+    let resp = respond(&req, Class::Success, Some(&key), |e| {
+        e.add(&ConnectionId(0x0012_3456)).unwrap()
+    });
+    assert_eq!(h.feed(&resp), Input::Handled);
+    assert_eq!(
+        h.events(),
+        vec![Event::Connected {
+            peer: peer(1),
+            id: ConnectionId(0x0012_3456)
+        }]
+    );
+
+    // 447, and a success without CONNECTION-ID.
+    h.client.connect(h.now, peer(2)).unwrap();
+    let req = h.one();
+    h.feed(&error(&req, 447, Some(&key)));
+    h.client.connect(h.now, peer(3)).unwrap();
+    let req = h.one();
+    h.feed(&ok(&req, &key));
+    assert_eq!(
+        h.events(),
+        vec![
+            Event::Failed {
+                method: Method::CONNECT,
+                failure: Failure::Error(447)
+            },
+            Event::Failed {
+                method: Method::CONNECT,
+                failure: Failure::BadResponse
+            }
+        ]
+    );
+    // Over a stream nothing is sent twice, and a Connect waits Ti for its answer.
+    h.client.connect(h.now, peer(4)).unwrap();
+    assert_eq!(h.sent().len(), 1);
+    h.advance_to(h.now + secs(30));
+    assert!(h.sent().is_empty());
+
+    assert_eq!(h.feed(&connection_attempt(peer(5), 77)), Input::Handled);
+    assert_eq!(
+        h.events(),
+        vec![Event::ConnectionAttempt {
+            peer: peer(5),
+            id: ConnectionId(77)
+        }]
+    );
+    // Without CONNECTION-ID it is malformed.
+    let mut bad = connection_attempt(peer(5), 77);
+    bad.truncate(bad.len() - 8);
+    let len = (bad.len() - 20) as u16;
+    bad[2..4].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(h.feed(&bad), Input::Ignored(Ignored::Malformed));
+}
+
+#[test]
+fn connection_bind_on_a_data_connection_answers_its_challenge() {
+    let mut h = Harness::with(|c| c.transport = Transport::Tcp);
+    h.client.connection_bind(h.now, ConnectionId(42)).unwrap();
+    let first = h.one();
+    let m = Message::parse(&first).unwrap();
+    assert_eq!(m.method(), Method::CONNECTION_BIND);
+    assert_eq!(m.get::<ConnectionId>().unwrap(), Some(ConnectionId(42)));
+    assert!(
+        !m.has_integrity(),
+        "the first copy goes without credentials"
+    );
+    h.feed(&challenge(&first, 401, "nonce-data", None));
+    let retry = h.one();
+    let m = Message::parse(&retry).unwrap();
+    assert_eq!(m.get::<ConnectionId>().unwrap(), Some(ConnectionId(42)));
+    m.verify_integrity(md5_key().as_bytes()).unwrap();
+    h.feed(&ok(&retry, &md5_key()));
+    assert_eq!(
+        h.events(),
+        vec![Event::ConnectionBound {
+            id: ConnectionId(42)
+        }]
+    );
 }

@@ -19,7 +19,7 @@ use super::transaction::{RetransmitPolicy, Transactions, Transport};
 use crate::channel_data::{self, ChannelData, ChannelNumber};
 use crate::demux::{classify, PacketKind};
 use crate::stun::attr::{
-    AdditionalAddressFamily, Data, ErrorCode, Family, Lifetime, MappedAddress, Realm,
+    AdditionalAddressFamily, ConnectionId, Data, ErrorCode, Family, Lifetime, MappedAddress, Realm,
     RequestedAddressFamily, RequestedTransport, Software, Username, XorMappedAddress,
     XorPeerAddress, XorRelayedAddress,
 };
@@ -143,6 +143,10 @@ pub enum ClientError {
     NoChannel,
     #[error("payload longer than a ChannelData message can carry")]
     PayloadTooLarge,
+    #[error("TCP relaying (RFC 6062) needs a TCP or TLS connection to the server")]
+    NeedsStream,
+    #[error("the allocation relays over UDP, not TCP")]
+    NotTcpAllocation,
     #[error("cannot encode: {0}")]
     Encode(#[from] EncodeError),
 }
@@ -163,6 +167,9 @@ pub struct Allocation {
     /// The client's address as the server saw it (XOR-MAPPED-ADDRESS).
     pub mapped: Option<SocketAddr>,
     pub lifetime: Duration,
+    /// Relayed over TCP (RFC 6062): reach peers with [`TurnClient::connect`] and data
+    /// connections, not channels or Send indications.
+    pub tcp: bool,
 }
 
 /// Why a request ended without success.
@@ -203,6 +210,25 @@ pub enum Event {
     ChannelBound {
         peer: SocketAddr,
         channel: ChannelNumber,
+    },
+    /// RFC 6062 section 4.3: the server connected to `peer` from the relayed address. Open a new
+    /// connection to the server and call [`TurnClient::connection_bind`] with `id` on it within
+    /// 30 seconds.
+    Connected {
+        peer: SocketAddr,
+        id: ConnectionId,
+    },
+    /// RFC 6062 section 4.4: `peer` connected to the relayed address; bind it as for
+    /// [`Event::Connected`] to take it.
+    ConnectionAttempt {
+        peer: SocketAddr,
+        id: ConnectionId,
+    },
+    /// RFC 6062 section 4.4: this connection is now a data connection to the peer of `id`. Every
+    /// byte from here on, both ways, is the peer's stream: stop framing and stop using this
+    /// client.
+    ConnectionBound {
+        id: ConnectionId,
     },
     Failed {
         method: Method,
@@ -253,6 +279,8 @@ enum Request {
     Allocate {
         family: RelayFamily,
         lifetime: Option<u32>,
+        /// REQUESTED-TRANSPORT TCP (RFC 6062) rather than UDP.
+        tcp: bool,
     },
     Refresh {
         lifetime: Option<u32>,
@@ -261,6 +289,12 @@ enum Request {
     ChannelBind {
         peer: SocketAddr,
         channel: ChannelNumber,
+    },
+    Connect {
+        peer: SocketAddr,
+    },
+    ConnectionBind {
+        id: ConnectionId,
     },
 }
 
@@ -272,6 +306,8 @@ impl Request {
             Request::Refresh { .. } => Method::REFRESH,
             Request::CreatePermission(_) => Method::CREATE_PERMISSION,
             Request::ChannelBind { .. } => Method::CHANNEL_BIND,
+            Request::Connect { .. } => Method::CONNECT,
+            Request::ConnectionBind { .. } => Method::CONNECTION_BIND,
         }
     }
 }
@@ -393,9 +429,60 @@ impl TurnClient {
             return Err(ClientError::AllocationExists);
         }
         let lifetime = self.config.lifetime.map(secs);
-        self.start(now, Request::Allocate { family, lifetime }, self.signed())?;
+        let request = Request::Allocate {
+            family,
+            lifetime,
+            tcp: false,
+        };
+        self.start(now, request, self.signed())?;
         self.allocation = AllocationState::Requested;
         Ok(())
+    }
+
+    /// Requests a TCP allocation (RFC 6062 section 4.1): the relayed address is a TCP listening
+    /// socket on the server, and peers are reached with [`TurnClient::connect`]. Only over TCP
+    /// or TLS (the server answers 400 over UDP).
+    pub fn allocate_tcp(&mut self, now: Instant, family: RelayFamily) -> Result<(), ClientError> {
+        if !self.config.transport.is_reliable() {
+            return Err(ClientError::NeedsStream);
+        }
+        if self.allocation != AllocationState::None {
+            return Err(ClientError::AllocationExists);
+        }
+        let lifetime = self.config.lifetime.map(secs);
+        let request = Request::Allocate {
+            family,
+            lifetime,
+            tcp: true,
+        };
+        self.start(now, request, self.signed())?;
+        self.allocation = AllocationState::Requested;
+        Ok(())
+    }
+
+    /// Asks the server to open a TCP connection to `peer` from the relayed address (RFC 6062
+    /// section 4.3); [`Event::Connected`] carries the CONNECTION-ID to bind. Needs a TCP
+    /// allocation.
+    pub fn connect(&mut self, now: Instant, peer: SocketAddr) -> Result<(), ClientError> {
+        match self.allocation {
+            AllocationState::Active { info, .. } if info.tcp => {}
+            AllocationState::Active { .. } => return Err(ClientError::NotTcpAllocation),
+            _ => return Err(ClientError::NotAllocated),
+        }
+        self.start(now, Request::Connect { peer }, self.signed())
+    }
+
+    /// Sends ConnectionBind for `id` (RFC 6062 section 4.4). Call it on a client made for a new
+    /// connection to the same server address, with the same credentials, as its first request;
+    /// it needs no allocation of its own. [`Event::ConnectionBound`] ends this client's use.
+    pub fn connection_bind(&mut self, now: Instant, id: ConnectionId) -> Result<(), ClientError> {
+        if !self.config.transport.is_reliable() {
+            return Err(ClientError::NeedsStream);
+        }
+        if self.allocation != AllocationState::None {
+            return Err(ClientError::AllocationExists);
+        }
+        self.start(now, Request::ConnectionBind { id }, self.signed())
     }
 
     /// Refreshes the allocation (RFC 8656 section 8); `None` lets the server pick the lifetime,
@@ -698,7 +785,10 @@ impl TurnClient {
 
     /// RFC 8656 section 10.4: a Data indication needs XOR-PEER-ADDRESS and DATA, and should come
     /// from a peer the client gave permission to.
-    fn on_indication<'a>(&self, msg: &Message<'a>) -> Input<'a> {
+    fn on_indication<'a>(&mut self, msg: &Message<'a>) -> Input<'a> {
+        if msg.method() == Method::CONNECTION_ATTEMPT {
+            return self.on_connection_attempt(msg);
+        }
         if msg.method() != Method::DATA {
             return Input::Ignored(Ignored::Unexpected);
         }
@@ -711,6 +801,20 @@ impl TurnClient {
             return Input::Ignored(Ignored::NoPermission);
         }
         Input::Data { peer, payload }
+    }
+
+    /// RFC 6062 section 4.4: a peer connected to the relayed address of a TCP allocation.
+    fn on_connection_attempt<'a>(&mut self, msg: &Message<'a>) -> Input<'a> {
+        if !self.allocation().is_some_and(|a| a.tcp) {
+            return Input::Ignored(Ignored::Unexpected);
+        }
+        let (Ok(Some(XorPeerAddress(peer))), Ok(Some(id))) =
+            (msg.get::<XorPeerAddress>(), msg.get::<ConnectionId>())
+        else {
+            return Input::Ignored(Ignored::Malformed);
+        };
+        self.events.push_back(Event::ConnectionAttempt { peer, id });
+        Input::Handled
     }
 
     fn on_response<'a>(&mut self, now: Instant, msg: &Message<'_>) -> Input<'a> {
@@ -779,7 +883,7 @@ impl TurnClient {
                 Some(mapped) => self.events.push_back(Event::BindingSuccess { mapped }),
                 None => self.fail(request, Failure::BadResponse),
             },
-            Request::Allocate { .. } => {
+            Request::Allocate { tcp, .. } => {
                 let mut relayed = msg.get_all::<XorRelayedAddress>().filter_map(Result::ok);
                 let (Some(first), second) = (relayed.next(), relayed.next()) else {
                     return self.fail(request, Failure::BadResponse);
@@ -792,6 +896,7 @@ impl TurnClient {
                     additional_relayed: second.map(|a| a.0),
                     mapped: mapped_address(msg),
                     lifetime: Duration::from_secs(seconds.into()),
+                    tcp,
                 };
                 self.allocation = AllocationState::Active {
                     info,
@@ -831,6 +936,13 @@ impl TurnClient {
                     .confirmed(&[peer.ip()], auto(PERMISSION_REFRESH));
                 self.events.push_back(Event::ChannelBound { peer, channel });
             }
+            Request::Connect { peer } => match msg.get::<ConnectionId>() {
+                Ok(Some(id)) => self.events.push_back(Event::Connected { peer, id }),
+                _ => self.fail(request, Failure::BadResponse),
+            },
+            Request::ConnectionBind { id } => {
+                self.events.push_back(Event::ConnectionBound { id });
+            }
         }
     }
 
@@ -854,6 +966,7 @@ impl TurnClient {
             Request::Refresh { .. } => {}
             Request::CreatePermission(peers) => self.permissions.forget(&peers),
             Request::ChannelBind { peer, channel } => self.channels.forget(peer, channel),
+            Request::Connect { .. } | Request::ConnectionBind { .. } => {}
         }
         if gone {
             self.reset();
@@ -907,10 +1020,17 @@ fn encode_request(
     let mut enc = Encoder::new(buf, MessageType::new(request.method(), Class::Request), id)?;
     match request {
         Request::Binding => {}
-        Request::Allocate { family, lifetime } => {
-            // RFC 8656 section 7.1: the relayed transport is UDP; TCP relaying (RFC 6062) is not
-            // this client's business.
-            enc.add(&RequestedTransport::UDP)?;
+        Request::Allocate {
+            family,
+            lifetime,
+            tcp,
+        } => {
+            // RFC 8656 section 7.1, or RFC 6062 section 4.1 for a TCP allocation.
+            enc.add(if *tcp {
+                &RequestedTransport::TCP
+            } else {
+                &RequestedTransport::UDP
+            })?;
             match family {
                 RelayFamily::Ipv4 => {}
                 RelayFamily::Ipv6 => enc.add(&RequestedAddressFamily(Family::V6))?,
@@ -935,6 +1055,8 @@ fn encode_request(
             enc.add(channel)?;
             enc.add(&XorPeerAddress(*peer))?;
         }
+        Request::Connect { peer } => enc.add(&XorPeerAddress(*peer))?,
+        Request::ConnectionBind { id } => enc.add(id)?,
     }
     if let Some(s) = &config.software {
         enc.add(&Software(s))?;

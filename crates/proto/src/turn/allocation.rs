@@ -69,9 +69,19 @@ impl TokenBucket {
     }
 }
 
+/// What an allocation relays over towards peers: UDP (RFC 8656) or TCP (RFC 6062).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RelayTransport {
+    Udp,
+    Tcp,
+}
+
 #[derive(Debug)]
 pub struct Allocation {
     pub tuple: FiveTuple,
+    /// UDP: the relay handles are UDP sockets. TCP: they are listening sockets, and peer data
+    /// connections hang off the allocation (`connections`).
+    pub transport: RelayTransport,
     /// The driver's token for the listening socket, to answer and deliver data through.
     pub listener: u32,
     /// The user the allocation belongs to (RFC 8656 section 5: later requests must match).
@@ -87,6 +97,8 @@ pub struct Allocation {
     pub permissions: SmallVec<[Permission; 2]>,
     pub channels: SmallVec<[Channel; 2]>,
     pub bucket: Option<TokenBucket>,
+    /// RFC 6062: the CONNECTION-IDs of this allocation's peer data connections, in any state.
+    pub connections: SmallVec<[u32; 2]>,
 }
 
 impl Allocation {

@@ -49,6 +49,14 @@ pub struct ServerConfig {
     /// RFC 5780 NAT behaviour discovery: off by default, because answering from other
     /// addresses and to other ports raises the reflection gain an attacker can get.
     pub nat_discovery: Option<NatDiscovery>,
+    /// RFC 6062 TCP relaying: how long a Connect may take before it is answered 447 (at least
+    /// 30 s, which the server enforces), and how many peer data connections one allocation may
+    /// have at once (more Connects are answered 508, more accepted connections are closed).
+    pub tcp_connect_timeout: Duration,
+    pub max_tcp_connections_per_allocation: usize,
+    /// This worker's index, the top byte of every CONNECTION-ID it hands out, so that a
+    /// ConnectionBind arriving at another worker can be moved to this one.
+    pub worker: u8,
     /// Seed for port choice and reservation tokens; the driver seeds it from the OS.
     pub seed: u64,
 }
@@ -80,6 +88,9 @@ impl ServerConfig {
             software: None,
             mapped_address: false,
             nat_discovery: None,
+            tcp_connect_timeout: Duration::from_secs(30),
+            max_tcp_connections_per_allocation: 64,
+            worker: 0,
             seed: 0x5eed,
         }
     }

@@ -6,6 +6,44 @@
 //! buffer itself, so relayed payloads are never copied. Relay sockets are opened and closed
 //! through the [`RelaySockets`] trait during request handling, because whether a bind succeeds
 //! decides the response (508 when ports or descriptors run out).
+//!
+//! # TURN over TCP and TLS (RFC 8656 section 3.1)
+//!
+//! For a client on a stream the driver owns the connection, TLS included, and cuts the byte
+//! stream into messages with [`crate::stream::Framer`]. Each message goes to
+//! [`Server::handle_client`] with `listener` = the driver's token for the *connection* and the
+//! 5-tuple's transport set to [`Transport::Tcp`] or [`Transport::Tls`]; a [`Transmit`] with
+//! [`Via::Listener`] is written to that connection. ChannelData towards the client is padded to
+//! 4 bytes on streams (section 12.5) by the server; ChannelData from the client arrives without
+//! its padding (the framer drops it). RESPONSE-PORT and CHANGE-REQUEST are refused on streams
+//! (400): an answer cannot leave a connection for another address. When a client connection
+//! closes, the driver calls [`Server::connection_closed`]: an allocation made on it is deleted.
+//!
+//! # TCP relaying (RFC 6062)
+//!
+//! A driver that relays over TCP returns its [`TcpRelays`] from [`RelaySockets::tcp`]; the
+//! server then accepts REQUESTED-TRANSPORT TCP over TCP and TLS control connections (over UDP:
+//! 400, RFC 6062 section 5.1; without driver support: 442). The conversation, with who calls
+//! whom:
+//!
+//! | event | server call (driver to server) | server orders (to the driver) |
+//! | --- | --- | --- |
+//! | Allocate, TCP | `handle_client` | [`TcpRelays::listen`] on the relayed address |
+//! | Connect | `handle_client` (no transmit yet) | [`TcpRelays::connect`] with a fresh [`ConnectionId`] |
+//! | the connect completes or fails | [`Server::tcp_connected`] | Connect response queued: success with CONNECTION-ID, or 447 |
+//! | a peer connects to the relayed address | [`Server::tcp_accepted`]: the id, or `None` = close it | ConnectionAttempt queued |
+//! | ConnectionBind on a new client connection | `handle_client` (success transmit) | [`TcpRelays::splice`] after that transmit |
+//! | ConnectionBind for another worker's id | `handle_client` (no transmit) | [`TcpRelays::hand_off`] to that worker |
+//! | a peer data connection (or its splice) closes | [`Server::tcp_closed`] | - |
+//! | 30 s without ConnectionBind, connect timeout | [`Server::handle_timeout`] | [`TcpRelays::close_peer`] (and 447 for a Connect) |
+//! | the allocation ends | `handle_client` / `handle_timeout` / `connection_closed` | [`TcpRelays::close_listener`], `close_peer` for each connection |
+//!
+//! Messages the server decides later than the request that caused them (Connect responses,
+//! ConnectionAttempt indications) come out of [`Server::poll_transmit`], which the driver
+//! drains after every batch, as it drains transmits returned directly. A peer data connection
+//! that waits for its ConnectionBind is not read from: the kernel's receive buffer holds what the
+//! peer sends meanwhile, which bounds it (RFC 6062 section 5.3 asks for exactly that
+//! back-pressure). Once spliced, the bytes of both connections never reach the server.
 
 pub mod allocation;
 pub mod auth;
@@ -17,11 +55,14 @@ pub mod response;
 pub mod rng;
 pub mod server;
 pub mod stats;
+pub mod tcp;
 
+pub use allocation::RelayTransport;
 pub use config::ServerConfig;
-pub use relay::{OpenError, RelayId, RelaySockets};
+pub use relay::{ConnectionId, OpenError, RelayId, RelaySockets, TcpRelays};
 pub use server::Server;
 pub use stats::{DropReason, Stats};
+pub use tcp::connection_id_worker;
 
 use core::net::SocketAddr;
 use core::ops::Range;

@@ -1,14 +1,20 @@
 //! The TURN server state machine. See the module docs of [`super`] for the I/O contract.
 
-use super::allocation::{Allocation, Channel, Millis, PermitOutcome, Relay, TokenBucket};
+use super::allocation::{
+    Allocation, Channel, Millis, PermitOutcome, Relay, RelayTransport, TokenBucket,
+};
 use super::auth::{check_nonce, make_nonce, AuthError, NonceStatus};
 use super::config::ServerConfig;
 use super::policy::canonical;
 use super::ports::PortPool;
-use super::relay::{OpenError, RelayId, RelaySockets};
+use super::relay::{ConnectionId, OpenError, RelayId, RelaySockets};
 use super::response::{finish, start, start_error, Signer};
 use super::rng::Rng;
 use super::stats::{DropReason, Stats};
+use super::tcp::{
+    connection_id_worker, ConnState, Deferred, PeerConn, TcpTable, BIND_TIMEOUT,
+    MIN_CONNECT_TIMEOUT,
+};
 use super::{FiveTuple, Now, Payload, Transmit, Transport, Via};
 use crate::channel_data::{self, ChannelData, ChannelNumber};
 use crate::demux::{classify, PacketKind};
@@ -119,6 +125,8 @@ pub struct Server {
     draining: bool,
     rng: Rng,
     stats: Stats,
+    /// RFC 6062 peer data connections and the messages they owe clients.
+    tcp: TcpTable,
 }
 
 impl Server {
@@ -126,6 +134,7 @@ impl Server {
         let rng = Rng::new(cfg.seed);
         let ports_v4 = PortPool::new(cfg.port_min, cfg.port_max);
         let ports_v6 = PortPool::new(cfg.port_min, cfg.port_max);
+        let tcp = TcpTable::new(cfg.worker);
         Server {
             cfg,
             epoch: now,
@@ -142,6 +151,7 @@ impl Server {
             draining: false,
             rng,
             stats: Stats::default(),
+            tcp,
         }
     }
 
@@ -217,6 +227,7 @@ impl Server {
         for slot in dead {
             self.remove_allocation(slot, relays);
         }
+        self.expire_connections(t, relays);
         let (v4, v6) = (&mut self.ports_v4, &mut self.ports_v6);
         self.reservations.retain(|r| {
             let keep = r.expires > t;
@@ -237,9 +248,18 @@ impl Server {
         let a = self.allocations.remove(slot);
         self.by_tuple.remove(&TupleKey::new(a.listener, &a.tuple));
         for r in [a.relay_v4, a.relay_v6].into_iter().flatten() {
-            relays.close(r.handle);
+            close_relay(relays, a.transport, r.handle);
             self.pool(&r.addr.ip()).release(r.addr.port());
             self.relay_sockets -= 1;
+        }
+        // RFC 6062: the data connections go with their allocation.
+        for id in a.connections {
+            if self.tcp.conns.remove(&id).is_some() {
+                self.stats.tcp_connections_active -= 1;
+                if let Some(t) = relays.tcp() {
+                    t.close_peer(ConnectionId(id));
+                }
+            }
         }
         if let Some(n) = self.per_user.get_mut(&a.user) {
             *n -= 1;
@@ -364,14 +384,21 @@ impl Server {
             Method::ALLOCATE
             | Method::REFRESH
             | Method::CREATE_PERMISSION
-            | Method::CHANNEL_BIND => self.turn_request(now, listener, &tuple, &msg, out, relays),
+            | Method::CHANNEL_BIND
+            | Method::CONNECT
+            | Method::CONNECTION_BIND => {
+                self.turn_request(now, listener, &tuple, &msg, out, relays)
+            }
             _ => Err(Reject::plain(400)),
         };
         let len = match result {
-            Ok(n) => {
+            Ok(Some(n)) => {
                 self.stats.request(method, None);
                 n
             }
+            // A Connect is answered when the driver reports the connection (see
+            // `poll_transmit`); a ConnectionBind of another worker is answered there.
+            Ok(None) => return None,
             Err(rej) => {
                 self.stats.request(method, Some(rej.code));
                 self.error_response(now, &tuple, &msg, rej, out).ok()?
@@ -487,6 +514,11 @@ impl Server {
             None => {}
             Some(d) => {
                 let c = change.unwrap_or_default();
+                // An answer from another address cannot travel on this connection: CHANGE-REQUEST
+                // only means something over UDP, like RESPONSE-PORT (RFC 5780 section 7.5).
+                if (c.change_ip || c.change_port) && tuple.transport != Transport::Udp {
+                    return Err(Reject::plain(400));
+                }
                 if c.change_ip || c.change_port {
                     let (tok, addr) = d
                         .alternate(tuple.server, c.change_ip, c.change_port)
@@ -528,6 +560,8 @@ impl Server {
     // -----------------------------------------------------------------------------------------
     // Authenticated TURN requests.
 
+    /// An authenticated request; `Ok(None)` when it is answered later (Connect) or elsewhere (a
+    /// ConnectionBind for another worker).
     fn turn_request<R: RelaySockets>(
         &mut self,
         now: Now,
@@ -536,7 +570,7 @@ impl Server {
         msg: &Message<'_>,
         out: &mut [u8],
         relays: &mut R,
-    ) -> Result<usize, Reject> {
+    ) -> Result<Option<usize>, Reject> {
         let auth = self.authenticate(now, tuple, msg)?;
         let signer = Some(auth.signer);
         let with = |code: u16| Reject { code, signer };
@@ -555,18 +589,23 @@ impl Server {
         }
         let t = self.millis(now.instant);
         match msg.method() {
-            Method::ALLOCATE => self.allocate(t, listener, tuple, msg, slot, auth, out, relays),
-            Method::REFRESH => {
-                let slot = slot.ok_or(with(437))?;
-                self.refresh(t, slot, msg, &auth.signer, out, relays)
+            Method::ALLOCATE => self
+                .allocate(t, listener, tuple, msg, slot, auth, out, relays)
+                .map(Some),
+            Method::CONNECTION_BIND => {
+                self.connection_bind(listener, tuple, msg, slot, &auth, out, relays)
             }
-            Method::CREATE_PERMISSION => {
+            method => {
                 let slot = slot.ok_or(with(437))?;
-                self.create_permission(t, slot, msg, &auth.signer, out)
-            }
-            _ => {
-                let slot = slot.ok_or(with(437))?;
-                self.channel_bind(t, slot, msg, &auth.signer, out)
+                let signer = &auth.signer;
+                match method {
+                    Method::REFRESH => self.refresh(t, slot, msg, signer, out, relays).map(Some),
+                    Method::CREATE_PERMISSION => {
+                        self.create_permission(t, slot, msg, signer, out).map(Some)
+                    }
+                    Method::CONNECT => self.connect(t, slot, msg, signer, relays).map(|()| None),
+                    _ => self.channel_bind(t, slot, msg, signer, out).map(Some),
+                }
             }
         }
     }
@@ -694,15 +733,30 @@ impl Server {
             return Err(with(508));
         }
         let bad = || with(400);
-        match msg.get::<RequestedTransport>().map_err(|_| bad())? {
+        let transport = match msg.get::<RequestedTransport>().map_err(|_| bad())? {
             None => return Err(bad()),
-            Some(RequestedTransport::UDP) => {}
-            // TCP allocations (RFC 6062) are not offered yet.
+            Some(RequestedTransport::UDP) => RelayTransport::Udp,
+            Some(RequestedTransport::TCP) => RelayTransport::Tcp,
+            // RFC 6062 section 5.1 rule 1.
             Some(_) => return Err(with(442)),
-        }
+        };
         let dont_fragment = msg.get::<DontFragment>().map_err(|_| bad())?.is_some();
         let even = msg.get::<EvenPort>().map_err(|_| bad())?;
         let token = msg.get::<ReservationToken>().map_err(|_| bad())?;
+        if transport == RelayTransport::Tcp {
+            // RFC 6062 section 5.1 rule 2: a TCP allocation needs a connection to the server,
+            // for the control connection and for data connections to bind on.
+            if tuple.transport == Transport::Udp {
+                return Err(bad());
+            }
+            // Rule 3: these attributes only mean something for UDP relaying.
+            if dont_fragment || even.is_some() || token.is_some() {
+                return Err(bad());
+            }
+            if relays.tcp().is_none() {
+                return Err(with(442));
+            }
+        }
         let requested = msg.get::<RequestedAddressFamily>().map_err(|_| bad())?;
         let additional = msg.get::<AdditionalAddressFamily>().map_err(|_| bad())?;
         // RFC 8656 section 7.2 rules 4-7: the combinations that are malformed.
@@ -775,6 +829,7 @@ impl Server {
                 slot,
                 generation,
                 f,
+                transport,
                 reserved_port,
                 want_even,
                 dont_fragment,
@@ -793,7 +848,7 @@ impl Server {
                 Err(code) => {
                     // Undo what this Allocate already opened.
                     for r in [relay_v4.take(), relay_v6.take()].into_iter().flatten() {
-                        relays.close(r.handle);
+                        close_relay(relays, transport, r.handle);
                         self.pool(&r.addr.ip()).release(r.addr.port());
                         self.relay_sockets -= 1;
                     }
@@ -806,6 +861,7 @@ impl Server {
         self.next_generation = self.next_generation.wrapping_add(1);
         let a = Allocation {
             tuple: *tuple,
+            transport,
             listener,
             user: auth.user.clone(),
             generation,
@@ -817,6 +873,7 @@ impl Server {
             permissions: Default::default(),
             channels: Default::default(),
             bucket: self.cfg.bandwidth_limit.map(|r| TokenBucket::new(r, t)),
+            connections: Default::default(),
         };
         let inserted = self.allocations.insert(a);
         debug_assert_eq!(inserted, slot);
@@ -835,13 +892,15 @@ impl Server {
         }
     }
 
-    /// Opens one relay socket: a reserved port, or random ports until one binds.
+    /// Opens one relay socket (a UDP socket, or a TCP listening socket): a reserved port, or
+    /// random ports until one binds.
     #[allow(clippy::too_many_arguments)]
     fn open_relay<R: RelaySockets>(
         &mut self,
         slot: usize,
         generation: u32,
         family: Family,
+        transport: RelayTransport,
         reserved: Option<u16>,
         even: bool,
         dont_fragment: bool,
@@ -882,7 +941,14 @@ impl Server {
             };
             tried[attempt] = port;
             let addr = SocketAddr::new(ip, port);
-            match relays.open(addr, id, dont_fragment) {
+            let opened = match transport {
+                RelayTransport::Udp => relays.open(addr, id, dont_fragment),
+                RelayTransport::Tcp => match relays.tcp() {
+                    Some(t) => t.listen(addr, id),
+                    None => Err(OpenError::Other),
+                },
+            };
+            match opened {
                 Ok(handle) => {
                     self.relay_sockets += 1;
                     return Ok(Relay { addr, handle });
@@ -1090,6 +1156,11 @@ impl Server {
             code,
             signer: Some(*signer),
         };
+        // A TCP allocation's data flows on data connections, never in channels (RFC 6062
+        // section 4: its clients use Connect and ConnectionBind instead).
+        if self.allocations[slot].transport == RelayTransport::Tcp {
+            return Err(with(400));
+        }
         // A CHANNEL-NUMBER outside 0x4000-0x4FFF fails to decode: 400, as the RFC asks.
         let number = msg
             .get::<ChannelNumber>()
@@ -1168,6 +1239,11 @@ impl Server {
             return None;
         };
         let slot = slot as usize;
+        if self.allocations[slot].transport == RelayTransport::Tcp {
+            // Send indications are UDP relaying; a TCP allocation has no socket to send from.
+            self.stats.drop(DropReason::Ignored);
+            return None;
+        }
         let peer = match msg.get::<XorPeerAddress>() {
             Ok(Some(XorPeerAddress(p))) => SocketAddr::new(canonical(p.ip()), p.port()),
             _ => {
@@ -1208,6 +1284,417 @@ impl Server {
             to: peer,
             payload: Payload::Input(start..start + len),
         })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // RFC 6062: TCP relaying.
+
+    /// Connect (RFC 6062 section 5.2): checks the peer, then asks the driver to connect to it
+    /// from the relayed address. The response waits for [`Server::tcp_connected`] or the connect
+    /// timeout, and comes out of [`Server::poll_transmit`].
+    fn connect<R: RelaySockets>(
+        &mut self,
+        t: Millis,
+        slot: usize,
+        msg: &Message<'_>,
+        signer: &Signer,
+        relays: &mut R,
+    ) -> Result<(), Reject> {
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(*signer),
+        };
+        // A UDP allocation (the only kind a UDP 5-tuple can hold) has nothing to connect from.
+        if self.allocations[slot].transport != RelayTransport::Tcp {
+            return Err(with(400));
+        }
+        let XorPeerAddress(peer) = msg
+            .get::<XorPeerAddress>()
+            .map_err(|_| with(400))?
+            .ok_or(with(400))?;
+        // Port 0 is no TCP destination: an invalid XOR-PEER-ADDRESS.
+        if peer.port() == 0 {
+            return Err(with(400));
+        }
+        // The peer policy holds for TCP peers as for UDP ones: 403 for 0.0.0.0, loopback, the
+        // server's own sockets and the rest of the list (RFC 6062 section 5.2, "forbidden by
+        // local policy").
+        let peer = self.check_peer(slot, peer, signer)?;
+        if !self.cfg.peer_policy.permits_addr(peer) {
+            return Err(with(403));
+        }
+        let a = &self.allocations[slot];
+        // 446: a connection to this peer is being made, waits for its ConnectionBind, or is
+        // spliced.
+        let exists = a
+            .connections
+            .iter()
+            .any(|id| self.tcp.conns.get(id).is_some_and(|c| c.peer == peer));
+        if exists {
+            return Err(with(446));
+        }
+        if a.connections.len() >= self.cfg.max_tcp_connections_per_allocation {
+            return Err(with(508));
+        }
+        let from = a.relay_for(&peer.ip()).ok_or(with(443))?.addr;
+        let generation = a.generation;
+        let Some(tcp) = relays.tcp() else {
+            // A TCP allocation exists only where the driver relays over TCP.
+            return Err(with(500));
+        };
+        let id = self.tcp.fresh_id(&mut self.rng).ok_or(with(508))?;
+        let timeout = Self::dur(self.cfg.tcp_connect_timeout).max(MIN_CONNECT_TIMEOUT);
+        let state = ConnState::Connecting {
+            tid: msg.transaction_id(),
+            signer: *signer,
+            fingerprint: msg.has_fingerprint(),
+            deadline: t + timeout,
+        };
+        self.add_connection(id, slot, generation, peer, state);
+        tcp.connect(from, peer, id);
+        Ok(())
+    }
+
+    /// ConnectionBind (RFC 6062 section 5.4), the first request on a new client connection:
+    /// after the success response the driver splices the connection with the peer data
+    /// connection, and the server never sees either again.
+    #[allow(clippy::too_many_arguments)]
+    fn connection_bind<R: RelaySockets>(
+        &mut self,
+        listener: u32,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        own_allocation: Option<usize>,
+        auth: &Authenticated,
+        out: &mut [u8],
+        relays: &mut R,
+    ) -> Result<Option<usize>, Reject> {
+        let with = |code: u16| Reject {
+            code,
+            signer: Some(auth.signer),
+        };
+        if tuple.transport == Transport::Udp {
+            return Err(with(400));
+        }
+        // A control connection stays one: making it a data connection would strand its
+        // allocation.
+        if own_allocation.is_some() {
+            return Err(with(400));
+        }
+        let id = msg
+            .get::<ConnectionId>()
+            .map_err(|_| with(400))?
+            .ok_or(with(400))?;
+        let Some(tcp) = relays.tcp() else {
+            return Err(with(400));
+        };
+        if !self.tcp.is_ours(id) {
+            tcp.hand_off(listener, connection_id_worker(id));
+            return Ok(None);
+        }
+        let Some(conn) = self.tcp.conns.get(&id.0).copied() else {
+            return Err(with(400));
+        };
+        if !matches!(conn.state, ConnState::Unbound { .. }) {
+            return Err(with(400));
+        }
+        // RFC 8656 section 5: a request about an allocation must carry the credentials that made
+        // it; CONNECTION-IDs are not secrets.
+        if *self.allocations[conn.slot].user != *auth.user {
+            return Err(with(441));
+        }
+        let len = self.empty_success(Method::CONNECTION_BIND, msg, &auth.signer, out)?;
+        if let Some(c) = self.tcp.conns.get_mut(&id.0) {
+            c.state = ConnState::Bound;
+        }
+        tcp.splice(listener, id);
+        Ok(Some(len))
+    }
+
+    fn add_connection(
+        &mut self,
+        id: ConnectionId,
+        slot: usize,
+        generation: u32,
+        peer: SocketAddr,
+        state: ConnState,
+    ) {
+        self.tcp.conns.insert(
+            id.0,
+            PeerConn {
+                slot,
+                generation,
+                peer,
+                state,
+            },
+        );
+        self.allocations[slot].connections.push(id.0);
+        self.stats.tcp_connections_active += 1;
+        self.stats.tcp_connections_total += 1;
+    }
+
+    /// Drops a peer data connection from the tables (the driver's socket is the caller's
+    /// business).
+    fn forget_connection(&mut self, id: u32) -> Option<PeerConn> {
+        let c = self.tcp.conns.remove(&id)?;
+        if let Some(a) = self.allocations.get_mut(c.slot) {
+            if a.generation == c.generation {
+                a.connections.retain(|x| *x != id);
+            }
+        }
+        self.stats.tcp_connections_active -= 1;
+        Some(c)
+    }
+
+    /// Queues the 447 answer of a Connect that did not connect.
+    fn connect_failed(&mut self, c: &PeerConn) {
+        if let ConnState::Connecting {
+            tid,
+            signer,
+            fingerprint,
+            ..
+        } = c.state
+        {
+            self.stats.request(Method::CONNECT, Some(447));
+            self.tcp.deferred.push_back(Deferred::ConnectResult {
+                slot: c.slot,
+                generation: c.generation,
+                tid,
+                signer,
+                fingerprint,
+                conn: None,
+            });
+        }
+    }
+
+    /// Closes peer data connections whose Connect or ConnectionBind took too long (RFC 6062
+    /// sections 5.2 and 5.3). A scan, once a second, like the allocations' own.
+    fn expire_connections<R: RelaySockets>(&mut self, t: Millis, relays: &mut R) {
+        let expired: smallvec::SmallVec<[u32; 8]> = self
+            .tcp
+            .conns
+            .iter()
+            .filter(|(_, c)| match c.state {
+                ConnState::Connecting { deadline, .. } | ConnState::Unbound { deadline } => {
+                    deadline <= t
+                }
+                ConnState::Bound => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(c) = self.forget_connection(id) {
+                self.connect_failed(&c);
+                if let Some(tcp) = relays.tcp() {
+                    tcp.close_peer(ConnectionId(id));
+                }
+            }
+        }
+    }
+
+    /// The driver's report on a connection started with
+    /// [`super::relay::TcpRelays::connect`]: the Connect response (success with CONNECTION-ID,
+    /// or 447 Connection Timeout or Failure) is queued for [`Server::poll_transmit`]. On success
+    /// the connection waits up to 30 seconds for its ConnectionBind. `connected: false` about
+    /// any other peer data connection means the driver lost it: it is forgotten as by
+    /// [`Server::tcp_closed`].
+    pub fn tcp_connected<R: RelaySockets>(
+        &mut self,
+        now: Now,
+        conn: ConnectionId,
+        connected: bool,
+        relays: &mut R,
+    ) {
+        let t = self.millis(now.instant);
+        if !connected {
+            // Failed: the driver has no socket for it any more, whatever state it was in. A
+            // Connect waiting for it is answered 447.
+            if let Some(c) = self.forget_connection(conn.0) {
+                self.connect_failed(&c);
+            }
+            return;
+        }
+        let state = self.tcp.conns.get(&conn.0).map(|c| c.state);
+        let Some(ConnState::Connecting {
+            tid,
+            signer,
+            fingerprint,
+            ..
+        }) = state
+        else {
+            // Nothing waits for this connection (it timed out, or its allocation went): it must
+            // not stay open unaccounted for. A second report on a live one changes nothing.
+            if state.is_none() {
+                if let Some(tcp) = relays.tcp() {
+                    tcp.close_peer(conn);
+                }
+            }
+            return;
+        };
+        let Some(c) = self.tcp.conns.get_mut(&conn.0) else {
+            return;
+        };
+        c.state = ConnState::Unbound {
+            deadline: t + BIND_TIMEOUT,
+        };
+        let (slot, generation) = (c.slot, c.generation);
+        self.stats.request(Method::CONNECT, None);
+        self.tcp.deferred.push_back(Deferred::ConnectResult {
+            slot,
+            generation,
+            tid,
+            signer,
+            fingerprint,
+            conn: Some(conn),
+        });
+    }
+
+    /// RFC 6062 section 5.3: a peer connected to relayed address `relay` (a TCP listening
+    /// socket). Returns the CONNECTION-ID under which the driver keeps the connection, without
+    /// reading from it until it is spliced, so that the peer's data waits in the kernel's
+    /// bounded buffer; a ConnectionAttempt indication is queued for [`Server::poll_transmit`].
+    /// `None`: close the connection at once (no permission for the peer, a peer the policy
+    /// refuses, a listener closed in the meantime, or the allocation's connection quota full).
+    pub fn tcp_accepted(
+        &mut self,
+        now: Now,
+        relay: RelayId,
+        peer: SocketAddr,
+    ) -> Option<ConnectionId> {
+        let t = self.millis(now.instant);
+        let Some(a) = self
+            .allocations
+            .get(relay.slot())
+            .filter(|a| a.generation == relay.generation() && a.transport == RelayTransport::Tcp)
+        else {
+            self.stats.drop(DropReason::StaleRelay);
+            return None;
+        };
+        let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
+        let refused = !a.permits(&peer.ip(), t)
+            || !self.cfg.peer_policy.permits_addr(peer)
+            || a.connections.len() >= self.cfg.max_tcp_connections_per_allocation;
+        if refused {
+            self.stats.tcp_connections_refused += 1;
+            return None;
+        }
+        let generation = a.generation;
+        let id = self.tcp.fresh_id(&mut self.rng)?;
+        let slot = relay.slot();
+        let state = ConnState::Unbound {
+            deadline: t + BIND_TIMEOUT,
+        };
+        self.add_connection(id, slot, generation, peer, state);
+        self.tcp.deferred.push_back(Deferred::ConnectionAttempt {
+            slot,
+            generation,
+            peer,
+            conn: id,
+        });
+        Some(id)
+    }
+
+    /// A peer data connection closed on its own: the peer hung up, an I/O error, or (once
+    /// spliced) either side closed and the driver closed the other. The server forgets it, so
+    /// the client may Connect to that peer again; a Connect still waiting is answered 447.
+    pub fn tcp_closed(&mut self, conn: ConnectionId) {
+        if let Some(c) = self.forget_connection(conn.0) {
+            self.connect_failed(&c);
+        }
+    }
+
+    /// A client connection (TCP or TLS) closed. An allocation made on it is deleted with its
+    /// relayed addresses and data connections: its 5-tuple is gone, so no request could ever
+    /// refresh or delete it.
+    pub fn connection_closed<R: RelaySockets>(
+        &mut self,
+        listener: u32,
+        tuple: FiveTuple,
+        relays: &mut R,
+    ) {
+        if tuple.transport == Transport::Udp {
+            return;
+        }
+        if let Some(&slot) = self.by_tuple.get(&TupleKey::new(listener, &tuple)) {
+            self.remove_allocation(slot as usize, relays);
+        }
+    }
+
+    /// The next message decided before it could be written: a Connect response or a
+    /// ConnectionAttempt indication, written into `out` (at least 1 KiB). The driver calls it
+    /// after every batch until it returns `None`. Messages for allocations deleted in the
+    /// meantime are dropped.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<Transmit> {
+        while let Some(d) = self.tcp.deferred.pop_front() {
+            let (slot, generation) = d.allocation();
+            let Some(a) = self
+                .allocations
+                .get(slot)
+                .filter(|a| a.generation == generation)
+            else {
+                continue;
+            };
+            let (via, to) = (a.listener, a.tuple.client);
+            let written = match d {
+                Deferred::ConnectResult {
+                    tid,
+                    signer,
+                    fingerprint,
+                    conn,
+                    ..
+                } => self.connect_response(tid, &signer, fingerprint, conn, out),
+                Deferred::ConnectionAttempt { peer, conn, .. } => {
+                    self.connection_attempt(peer, conn, out)
+                }
+            };
+            if let Ok(len) = written {
+                return Some(Transmit {
+                    via: Via::Listener(via),
+                    to,
+                    payload: Payload::Output(len),
+                });
+            }
+        }
+        None
+    }
+
+    fn connect_response(
+        &self,
+        tid: TransactionId,
+        signer: &Signer,
+        fingerprint: bool,
+        conn: Option<ConnectionId>,
+        out: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        let mut e = match conn {
+            Some(id) => {
+                let mut e = start(out, Method::CONNECT, true, tid)?;
+                e.add(&id)?;
+                e
+            }
+            None => start_error(out, Method::CONNECT, tid, 447)?,
+        };
+        self.software(&mut e)?;
+        finish(e, Some(signer), fingerprint)
+    }
+
+    /// ConnectionAttempt indication (RFC 6062 section 5.3): the peer's address and the
+    /// connection's id.
+    fn connection_attempt(
+        &mut self,
+        peer: SocketAddr,
+        conn: ConnectionId,
+        out: &mut [u8],
+    ) -> Result<usize, EncodeError> {
+        let mut tid = [0u8; 12];
+        self.rng.fill(&mut tid);
+        let typ = crate::stun::MessageType::new(Method::CONNECTION_ATTEMPT, Class::Indication);
+        let mut e = Encoder::new(out, typ, TransactionId(tid))?;
+        e.add(&XorPeerAddress(peer))?;
+        e.add(&conn)?;
+        self.software(&mut e)?;
+        e.fingerprint()?;
+        Ok(e.finish())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1263,6 +1750,18 @@ impl Server {
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
         Some(Transmit { via, to, payload })
+    }
+}
+
+/// Closes an allocation's relay socket: a UDP socket, or a TCP listening socket.
+fn close_relay<R: RelaySockets>(relays: &mut R, transport: RelayTransport, handle: u32) {
+    match transport {
+        RelayTransport::Udp => relays.close(handle),
+        RelayTransport::Tcp => {
+            if let Some(t) = relays.tcp() {
+                t.close_listener(handle);
+            }
+        }
     }
 }
 

@@ -59,17 +59,19 @@ impl DropReason {
 }
 
 /// The methods counted per request, and the results they are counted under.
-pub const METHODS: [Method; 5] = [
+pub const METHODS: [Method; 7] = [
     Method::BINDING,
     Method::ALLOCATE,
     Method::REFRESH,
     Method::CREATE_PERMISSION,
     Method::CHANNEL_BIND,
+    Method::CONNECT,
+    Method::CONNECTION_BIND,
 ];
 /// Result labels: "success", then the error codes the server sends, then "other".
-pub const RESULTS: [&str; 16] = [
-    "success", "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "486",
-    "500", "508", "other",
+pub const RESULTS: [&str; 18] = [
+    "success", "300", "400", "401", "403", "420", "437", "438", "440", "441", "442", "443", "446",
+    "447", "486", "500", "508", "other",
 ];
 
 fn method_index(m: Method) -> usize {
@@ -80,9 +82,9 @@ fn method_index(m: Method) -> usize {
 }
 
 fn result_index(code: Option<u16>) -> usize {
-    // RESULTS[1..15] are these codes, in the same order.
-    const CODES: [u16; 14] = [
-        300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508,
+    // RESULTS[1..17] are these codes, in the same order.
+    const CODES: [u16; 16] = [
+        300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508,
     ];
     match code {
         None => 0,
@@ -108,6 +110,12 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Relay sockets that could not be opened for lack of descriptors or ports (answered 508).
     pub relay_open_failures: u64,
+    /// RFC 6062 peer data connections: open now (connecting, waiting for ConnectionBind or
+    /// spliced), made since start, and accepted ones closed at once (no permission, refused
+    /// peer, quota).
+    pub tcp_connections_active: u64,
+    pub tcp_connections_total: u64,
+    pub tcp_connections_refused: u64,
     /// `requests[method][result]`, indexed by [`METHODS`] (plus one row for others) and
     /// [`RESULTS`].
     pub requests: [[u64; RESULTS.len()]; METHODS.len() + 1],
@@ -149,6 +157,9 @@ impl Stats {
         self.bytes_to_client += o.bytes_to_client;
         self.auth_failures += o.auth_failures;
         self.relay_open_failures += o.relay_open_failures;
+        self.tcp_connections_active += o.tcp_connections_active;
+        self.tcp_connections_total += o.tcp_connections_total;
+        self.tcp_connections_refused += o.tcp_connections_refused;
         for (a, b) in self.requests.iter_mut().zip(o.requests.iter()) {
             for (x, y) in a.iter_mut().zip(b.iter()) {
                 *x += y;
