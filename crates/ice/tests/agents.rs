@@ -647,3 +647,38 @@ fn remote_candidates_are_checked_before_use() {
         )
         .is_err());
 }
+
+#[test]
+fn close_deletes_the_allocations_and_silences_the_agent() {
+    let mut spec = [Spec::new(true), Spec::new(false)];
+    for (i, s) in spec.iter_mut().enumerate() {
+        s.lan = i as u8 + 1;
+        s.nat = true;
+        s.servers = true;
+    }
+    let mut net = Net::new(spec);
+    assert!(net.run_until(SECS(10), Net::both_connected));
+    assert_eq!(net.server.stats().allocations_active, 2);
+    let now = net.now;
+    for h in &mut net.hosts {
+        h.agent.close(now);
+        assert_eq!(h.agent.state(), State::Closed);
+        assert!(!h.agent.is_closed(), "the deletion is still outstanding");
+    }
+    let events_before: Vec<usize> = net.hosts.iter().map(|h| h.events.len()).collect();
+    assert!(net.run_until(SECS(5), |n| n.hosts.iter().all(|h| h.agent.is_closed())));
+    // RFC 8656 section 7: a Refresh with lifetime 0 deleted both allocations at once.
+    assert_eq!(net.server.stats().allocations_active, 0);
+    // No event, nothing to send, no data, no timer, and a restart changes nothing.
+    let after: Vec<usize> = net.hosts.iter().map(|h| h.events.len()).collect();
+    assert_eq!(after, events_before);
+    assert!(!net.send_data(0, b"x"));
+    net.hosts[0].agent.restart(now, None);
+    assert_eq!(net.hosts[0].agent.state(), State::Closed);
+    net.run_for(SECS(60));
+    for h in &mut net.hosts {
+        let mut buf = [0u8; 1500];
+        assert_eq!(h.agent.poll_transmit(&mut buf), None);
+        assert_eq!(h.agent.poll_timeout(), None);
+    }
+}
