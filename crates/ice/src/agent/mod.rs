@@ -43,6 +43,9 @@ pub const MAX_LOCALS: usize = 16;
 /// The most remote candidates: signalled plus peer-reflexive. Both grow only on signalling or
 /// on checks that passed MESSAGE-INTEGRITY, and are bounded anyway.
 pub const MAX_REMOTES: usize = 32;
+/// The most peer-reflexive remote candidates learned from checks arriving on one local
+/// candidate (see `on_request` for the storm this stops).
+pub const MAX_PRFLX_PER_LOCAL: usize = 8;
 /// The most candidate pairs (RFC 8445 section 6.1.2.5 suggests a limit of 100 in all).
 pub const MAX_PAIRS: usize = 64;
 /// The most checks (connectivity and consent) outstanding at once.
