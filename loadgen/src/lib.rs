@@ -7,6 +7,7 @@
 //! - [`fabric`]: agents' sockets, real or behind an emulated NAT.
 //! - [`worker`]: one thread per core on the relay's I/O driver, running a [`worker::Scenario`].
 //! - [`turn_only`]: the turn-only scenario (TURN clients in relayed pairs).
+//! - [`ice`]: the ICE scenario (pairs of ICE agents), signalling, the NAT matrix.
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod cpu;
 pub mod duration;
 pub mod fabric;
+pub mod ice;
 pub mod nat;
 pub mod preflight;
 pub mod report;

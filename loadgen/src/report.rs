@@ -31,6 +31,8 @@ pub struct Report {
     pub server: Option<ServerCpu>,
     pub generator: Generator,
     pub timeline: Vec<Second>,
+    /// With `--nat-matrix`: every pair, the path theory predicts and the one it took.
+    pub matrix: Option<crate::ice::matrix::Matrix>,
 }
 
 /// What was asked for.
@@ -65,7 +67,14 @@ pub struct Ice {
     /// Start of an agent to its first usable path, in ms. In turn-only mode: first Allocate
     /// sent to the channel to the partner bound.
     pub setup_ms: Percentiles,
+    /// ICE restarts, per agent (both agents of a pair restart together).
     pub restarts: u64,
+    /// Agents whose selected pair stopped working (consent lost, allocation gone).
+    pub disconnects: u64,
+    /// Pairs connected again after a restart.
+    pub recovered: u64,
+    /// First agent of a pair losing its path to both connected again, in ms.
+    pub recovery_ms: Percentiles,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -211,6 +220,9 @@ impl Report {
             ice: Ice {
                 setup_ms: stats.setup_ms.summary(),
                 restarts: stats.ice_restarts,
+                disconnects: stats.ice_disconnects,
+                recovered: stats.ice_recovered,
+                recovery_ms: stats.recovery_ms.summary(),
             },
             allocation_ms: stats.allocation_ms.summary(),
             candidates: Candidates {
@@ -258,6 +270,7 @@ impl Report {
                 },
             },
             timeline: m.timeline,
+            matrix: None,
         }
     }
 
@@ -307,8 +320,15 @@ impl Report {
         };
         rows.push(("setup ms", p(&self.ice.setup_ms)));
         rows.push(("allocation ms", p(&self.allocation_ms)));
-        if self.ice.restarts > 0 {
-            rows.push(("ice restarts", self.ice.restarts.to_string()));
+        if self.ice.restarts + self.ice.disconnects > 0 {
+            rows.push((
+                "ice restarts",
+                format!(
+                    "{} agents lost their path, {} agent restarts, {} pairs recovered",
+                    self.ice.disconnects, self.ice.restarts, self.ice.recovered
+                ),
+            ));
+            rows.push(("recovery ms", p(&self.ice.recovery_ms)));
         }
         let s = &self.candidates.selected;
         rows.push((
@@ -560,6 +580,10 @@ mod tests {
         "/ice/setup_ms/p99",
         "/ice/setup_ms/max",
         "/ice/restarts",
+        "/ice/disconnects",
+        "/ice/recovered",
+        "/ice/recovery_ms/p50",
+        "/ice/recovery_ms/max",
         "/allocation_ms/p50",
         "/allocation_ms/p99",
         "/candidates/selected/host",
@@ -629,6 +653,7 @@ mod tests {
         r.server = None;
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert!(v.pointer("/server").unwrap().is_null());
+        assert!(v.pointer("/matrix").unwrap().is_null());
     }
 
     #[test]

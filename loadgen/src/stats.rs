@@ -390,7 +390,17 @@ pub struct Stats {
     /// Errors after an agent connected (a failed refresh, say), by reason; the agent still
     /// counts as connected.
     pub errors: BTreeMap<String, u64>,
+    /// ICE restarts, per agent (both agents of a pair restart together).
     pub ice_restarts: u64,
+    /// Agents whose selected pair stopped working (consent lost, allocation gone).
+    pub ice_disconnects: u64,
+    /// Pairs that connected again after a restart, and how long after the first agent of the
+    /// pair lost its path (ms).
+    pub ice_recovered: u64,
+    pub recovery_ms: Hist,
+    /// Relay hops of the selected paths, summed over connected agents (0: direct, 1: one relayed
+    /// candidate, 2: relayed on both ends).
+    pub relay_hops: u64,
     pub candidates: CandidateCounts,
     pub traffic: Traffic,
     /// Time from an agent's start to its first usable path (turn-only: Allocate sent to channel
@@ -411,6 +421,10 @@ impl Default for Stats {
             failures: BTreeMap::new(),
             errors: BTreeMap::new(),
             ice_restarts: 0,
+            ice_disconnects: 0,
+            ice_recovered: 0,
+            recovery_ms: Hist::millis(),
+            relay_hops: 0,
             candidates: CandidateCounts::default(),
             traffic: Traffic::default(),
             setup_ms: Hist::millis(),
@@ -437,6 +451,10 @@ impl Stats {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         self.ice_restarts += o.ice_restarts;
+        self.ice_disconnects += o.ice_disconnects;
+        self.ice_recovered += o.ice_recovered;
+        self.recovery_ms.merge(&o.recovery_ms);
+        self.relay_hops += o.relay_hops;
         self.candidates.merge(&o.candidates);
         self.traffic.merge(&o.traffic);
         self.setup_ms.merge(&o.setup_ms);

@@ -111,6 +111,44 @@ pub trait Scenario {
     fn is_shut_down(&self) -> bool;
 }
 
+/// A boxed scenario is a scenario, so that the run can pick one per `--mode` at run time.
+impl<S: Scenario + ?Sized> Scenario for Box<S> {
+    fn start_pair(&mut self, now: Instant, pair: usize, cx: &mut Cx<'_>) {
+        (**self).start_pair(now, pair, cx)
+    }
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        agent: AgentIx,
+        from: SocketAddr,
+        data: &[u8],
+        cx: &mut Cx<'_>,
+    ) {
+        (**self).on_datagram(now, agent, from, data, cx)
+    }
+    fn on_tick(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        (**self).on_tick(now, cx)
+    }
+    fn next_timeout(&self) -> Option<Instant> {
+        (**self).next_timeout()
+    }
+    fn send_media(
+        &mut self,
+        now: Instant,
+        agent: AgentIx,
+        payload: &[u8],
+        cx: &mut Cx<'_>,
+    ) -> bool {
+        (**self).send_media(now, agent, payload, cx)
+    }
+    fn shutdown(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        (**self).shutdown(now, cx)
+    }
+    fn is_shut_down(&self) -> bool {
+        (**self).is_shut_down()
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum AgentState {
     Idle,
@@ -255,6 +293,23 @@ impl Core {
 
     pub fn ice_restart(&mut self) {
         self.stats.ice_restarts += 1;
+    }
+
+    /// An agent's selected pair stopped working.
+    pub fn ice_disconnected(&mut self) {
+        self.stats.ice_disconnects += 1;
+    }
+
+    /// A pair connected again, `after` its path was lost.
+    pub fn ice_recovered(&mut self, after: Duration) {
+        self.stats.ice_recovered += 1;
+        self.stats.recovery_ms.record_duration_ms(after);
+    }
+
+    /// The relay hops (0 to 2) of the path an agent just connected on; see
+    /// [`Stats::relay_hops`].
+    pub fn relay_hops(&mut self, hops: u64) {
+        self.stats.relay_hops += hops;
     }
 
     /// The agent starts sending probes to its partner now (until the plan's end of sending).
