@@ -682,3 +682,41 @@ fn close_deletes_the_allocations_and_silences_the_agent() {
         assert_eq!(h.agent.poll_timeout(), None);
     }
 }
+
+#[test]
+fn a_direct_path_found_late_still_beats_the_relay() {
+    // Agent 1 is behind a symmetric NAT (a new port per destination): agent 0's check to its
+    // server-reflexive address is answered from another port and fails at once (RFC 8445
+    // section 7.2.5.2.1); the direct path can only show up as the peer-reflexive source of agent
+    // 1's own checks, and those are lost for the first 400 ms. Agent 0's check to agent 1's
+    // relay succeeds long before: it must not settle for the relay while a direct path may still
+    // appear. Host candidates are mDNS names that do not resolve across LANs, as in a browser,
+    // so no unreachable host pair keeps the checklist busy either.
+    let mut spec = [Spec::new(true), Spec::new(false)];
+    for (i, s) in spec.iter_mut().enumerate() {
+        s.lan = i as u8 + 1;
+        s.nat = true;
+        s.servers = true;
+        s.mdns = true;
+    }
+    spec[1].symmetric = true;
+    let mut net = Net::new(spec);
+    let (t0, a) = (net.t0, net.hosts[0].public.unwrap());
+    let b_ip = net.hosts[1].public.unwrap().ip();
+    let is_request = |b: &[u8]| b.len() > 2 && b[0] == 0 && b[1] == 1;
+    net.drop = Box::new(move |d| {
+        d.from.ip() == b_ip
+            && d.to == a
+            && is_request(&d.bytes)
+            && d.at < t0 + Duration::from_millis(400)
+    });
+    assert!(net.run_until(SECS(10), Net::both_connected));
+    let s = selected(&net, 0);
+    assert_eq!(
+        (s.local_kind, s.remote_kind),
+        (CandidateKind::ServerReflexive, CandidateKind::PeerReflexive),
+        "{s:?}"
+    );
+    assert_eq!(s.remote.ip(), b_ip);
+    exchange_data(&mut net);
+}

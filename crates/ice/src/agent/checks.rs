@@ -15,6 +15,7 @@ use super::{
     MAX_REMOTES,
 };
 use crate::candidate::{candidate_priority, pair_priority, CandidateKind, COMPONENT};
+use crate::config::Policy;
 use crate::message::{
     encode_answer, encode_request, validate_request, validate_response, Answer, CheckRequest, Role,
     MAX_CHECK_LEN, ROLE_CONFLICT,
@@ -682,8 +683,24 @@ impl Agent {
         let better_pending = self.pairs.iter().any(|p| {
             matches!(p.state, PairState::Waiting | PairState::InProgress) && p.priority > best_prio
         });
-        let complete =
-            self.gathering == Step::Done && self.remote_gathering_done && !better_pending;
+        // A relayed pair is settled for early only when no direct pair can appear any more. A
+        // direct path through NATs whose mappings depend on the destination shows up late: as
+        // the peer-reflexive candidate of the peer's triggered check, after this agent's own
+        // check to the peer's server-reflexive address failed (the answer came back from another
+        // port). Nominating the relay the moment its check succeeds would race that discovery,
+        // so the relay waits for `nomination_delay` unless one side offers nothing but relays.
+        let best_pair = &self.pairs[best];
+        let relayed = self.locals[usize::from(best_pair.local)].kind == CandidateKind::Relayed
+            || self.remotes[usize::from(best_pair.remote)].kind == CandidateKind::Relayed;
+        let direct_possible = self.config.policy == Policy::All
+            && self
+                .remotes
+                .iter()
+                .any(|r| r.kind != CandidateKind::Relayed);
+        let complete = self.gathering == Step::Done
+            && self.remote_gathering_done
+            && !better_pending
+            && !(relayed && direct_possible);
         if complete || settled {
             let best = best as u16;
             self.nominating = Some(best);
