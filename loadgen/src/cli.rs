@@ -538,7 +538,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.nat_timeout(), Duration::from_secs(40));
-        assert!(c.notes.iter().any(|n| n.contains("only sets the mapping timeout")));
+        assert!(c
+            .notes
+            .iter()
+            .any(|n| n.contains("only sets the mapping timeout")));
         assert_eq!(c.policy, Policy::Relay);
         assert_eq!(c.consent_timeout, Duration::from_secs(6));
         // The matrix's NATs have loopback public addresses.
@@ -605,11 +608,26 @@ mod tests {
             ),
             (&["--user", "a:b", "--nat-matrix"], "--mode ice"),
             (
-                &["--user", "a:b", "--agents", "2", "--nat-matrix", "--mode", "ice"],
+                &[
+                    "--user",
+                    "a:b",
+                    "--agents",
+                    "2",
+                    "--nat-matrix",
+                    "--mode",
+                    "ice",
+                ],
                 "leave --agents out",
             ),
             (
-                &["--user", "a:b", "--agents", "2", "--consent-timeout", "500ms"],
+                &[
+                    "--user",
+                    "a:b",
+                    "--agents",
+                    "2",
+                    "--consent-timeout",
+                    "500ms",
+                ],
                 "--consent-timeout: at least 1s",
             ),
             (

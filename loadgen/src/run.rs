@@ -238,7 +238,11 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             size: config.size,
             max_rate: config.max_rate,
             threads,
-            nat: config.nat.to_string(),
+            nat: if config.nat_matrix {
+                "matrix".into()
+            } else {
+                config.nat.to_string()
+            },
             policy: match config.policy {
                 cli::Policy::All => "all".into(),
                 cli::Policy::Relay => "relay".into(),

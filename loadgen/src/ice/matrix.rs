@@ -293,20 +293,20 @@ impl Matrix {
                 _ => None,
             })
             .collect();
-        let _ = write!(out, "  {:<10}", "A \\ B");
+        let _ = write!(out, "  {:<11}", "A \\ B");
         for b in &behaviors {
-            let _ = write!(out, "{:>9}", b.to_string());
+            let _ = write!(out, "{:>10}", b.to_string());
         }
         let _ = writeln!(out);
         for a in &behaviors {
-            let _ = write!(out, "  {:<10}", a.to_string());
+            let _ = write!(out, "  {:<11}", a.to_string());
             for b in &behaviors {
                 let row = self
                     .cases
                     .iter()
                     .position(|c| matches!(c, Case::Apart { a: x, b: y } if x == a && y == b));
                 let s = row.map_or_else(|| "  ".into(), |i| cell(&self.rows[i]));
-                let _ = write!(out, "{s:>9}");
+                let _ = write!(out, "{s:>10}");
             }
             let _ = writeln!(out);
         }
@@ -315,10 +315,10 @@ impl Matrix {
             .iter()
             .zip(&self.rows)
             .filter(|(c, _)| matches!(c, Case::SameLan(_)))
-            .map(|(_, r)| cell(r).trim_end().to_string())
+            .map(|(_, r)| format!("{:>10}", cell(r)))
             .collect();
         if !same.is_empty() {
-            let _ = writeln!(out, "  {:<10}{:>9}", "one LAN", same.join("        "));
+            let _ = writeln!(out, "  {:<11}{}", "one LAN", same.concat());
         }
         if let Some(r) = self
             .cases
@@ -327,12 +327,12 @@ impl Matrix {
             .find(|(c, _)| matches!(c, Case::NoNat))
             .map(|(_, r)| r)
         {
-            let _ = writeln!(out, "  {:<10}{:>9}", "no NAT", cell(r).trim_end());
+            let _ = writeln!(out, "  {:<11}{:>10}", "no NAT", cell(r));
         }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "  {:>4}  {:<18} {:<18} {:<8} {:<8} {:<13} {:<13} {:>8}",
+            "  {:>4}  {:<19} {:<19} {:<19} {:<7} {:<14} {:<14} {:>8}",
             "pair",
             "A nat",
             "B nat",
@@ -357,7 +357,7 @@ impl Matrix {
             };
             let _ = writeln!(
                 out,
-                "  {:>4}  {:<18} {:<18} {:<8} {:<8} {:<13} {:<13} {:>8}{}",
+                "  {:>4}  {:<19} {:<19} {:<19} {:<7} {:<14} {:<14} {:>8}{}",
                 r.pair,
                 r.a_nat,
                 r.b_nat,
