@@ -32,8 +32,11 @@
 //! (RFC 8656 section 9), so a check from a host socket to the peer's relayed address always
 //! gets through. Agents on one LAN (or with no NAT at all) connect host to host: their mDNS
 //! names resolve only there. On a direct path the local candidate of an EIM side is its
-//! server-reflexive one (its one mapping is what the peer sees) and that of any other side is
-//! peer-reflexive (a mapping made for the peer). With `--policy relay` every pair relays.
+//! server-reflexive address (its one mapping is what the peer sees) and that of any other side is
+//! peer-reflexive (a mapping made for the peer). The EIM side's candidate is typed `srflx`, or
+//! `prflx` when the answer to one of its checks taught it the address before the STUN server's
+//! answer did (RFC 8445 section 7.2.5.3.1): the same address either way, so both count as
+//! expected; a non-EIM side can only be `prflx`. With `--policy relay` every pair relays.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -240,7 +243,7 @@ impl Matrix {
                 let [a, b] = out.map_or([None, None], |o| o.selected);
                 let locals_match = match (exp.local, a, b) {
                     (None, _, _) => true,
-                    (Some([ea, eb]), Some(a), Some(b)) => a.local == ea && b.local == eb,
+                    (Some([ea, eb]), Some(a), Some(b)) => fits(ea, a.local) && fits(eb, b.local),
                     _ => false,
                 };
                 let (a_nat, b_nat) = case.labels();
@@ -387,6 +390,12 @@ impl Matrix {
     }
 }
 
+/// Whether a selected local candidate type is what theory predicts: a server-reflexive
+/// address may have been learned as peer-reflexive first (see the module documentation).
+fn fits(expected: CandidateType, got: CandidateType) -> bool {
+    got == expected || (expected == CandidateType::Srflx && got == CandidateType::Prflx)
+}
+
 fn name(t: CandidateType) -> &'static str {
     match t {
         CandidateType::Host => "host",
@@ -497,7 +506,19 @@ mod tests {
                 }
             })
             .collect();
+        let mut outcomes = outcomes;
+        // An EIM side whose srflx address was learned as prflx first is still as predicted;
+        // a non-EIM side cannot be srflx.
+        let eim_eif = cases
+            .iter()
+            .position(|c| matches!(c, Case::Apart { a, b } if a.mapping == Mapping::EndpointIndependent && b.mapping == Mapping::AddressAndPortDependent))
+            .unwrap();
+        outcomes[eim_eif].selected[0] = sel(Prflx, Prflx);
         let m = Matrix::build(&cases, false, &outcomes);
+        assert!(m.rows[eim_eif].ok);
+        outcomes[eim_eif].selected[1] = sel(Srflx, Prflx);
+        let m2 = Matrix::build(&cases, false, &outcomes);
+        assert!(!m2.rows[eim_eif].ok);
         assert_eq!(m.mismatches(), 2);
         assert!(!m.rows[0].ok && !m.rows[90].ok);
         assert_eq!(m.rows[90].path, None);
