@@ -379,15 +379,25 @@ fn resolve(s: &str) -> Result<SocketAddr, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // Open files.
 
-/// Sockets one agent holds in the worst case: its own (direct) or its NAT mappings' public
-/// sockets (one per destination with address- and port-dependent mapping: the server and, in
-/// ICE mode, each peer candidate it checks).
+/// Sockets one agent usually holds: its own (direct) or its NAT mappings' public sockets, one
+/// per mapping. In ICE mode an endpoint-independent mapping is one socket; an address-dependent
+/// one is two (the server's address, which its relayed addresses share, and the peer NAT's); an
+/// address- and port-dependent one is four (the server, the peer's server-reflexive and relayed
+/// candidates, a peer-reflexive one), and up to eight more while two such NATs with
+/// endpoint-independent filtering trade peer-reflexive candidates (the agent stops learning
+/// them at eight). `mix` counts the average of the nine behaviours, rounded up. A socket that
+/// cannot be opened is not fatal: the mapping is dropped and counted (`nat_full`).
 pub fn sockets_per_agent(mode: Mode, nat: &NatSpec) -> u64 {
     match (mode, nat) {
         (_, NatSpec::None) => 1,
         (Mode::TurnOnly, _) => 1,
-        // Server (STUN + TURN on one port) plus the partner's host, srflx and relay candidates.
-        (Mode::Ice, _) => 4,
+        (Mode::Ice, NatSpec::Fixed(b)) => match b.mapping {
+            crate::nat::Mapping::EndpointIndependent => 1,
+            crate::nat::Mapping::AddressDependent => 2,
+            crate::nat::Mapping::AddressAndPortDependent => 4,
+        },
+        // (3 x 1 + 3 x 2 + 3 x 4) / 9, rounded up.
+        (Mode::Ice, NatSpec::Mix { .. }) => 3,
     }
 }
 
@@ -680,6 +690,16 @@ mod tests {
         assert!(e.contains("use at most"), "{e}");
         c.mode = Mode::Ice;
         c.nat = "mix".parse().unwrap();
-        assert_eq!(sockets_per_agent(c.mode, &c.nat), 4);
+        assert_eq!(sockets_per_agent(c.mode, &c.nat), 3);
+        let per = |s: &str| sockets_per_agent(Mode::Ice, &s.parse().unwrap());
+        assert_eq!(
+            (per("eim-apdf"), per("adm-eif"), per("symmetric")),
+            (1, 2, 4)
+        );
+        assert_eq!(per("none"), 1);
+        assert_eq!(
+            sockets_per_agent(Mode::TurnOnly, &"symmetric".parse().unwrap()),
+            1
+        );
     }
 }

@@ -24,8 +24,10 @@ use crate::worker::{self, Media, Plan, Scenario, Worker};
 
 /// Time for the last probes to arrive after sending stops.
 pub const DRAIN: Duration = Duration::from_secs(1);
-/// Longest the deallocations at the end may take.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Longest the deallocations at the end may take. Thousands of agents delete their allocations
+/// at once; a generator that fell behind has seconds of datagrams queued in its sockets before
+/// the answers.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Workers start this long after the plan is made, so that every thread is up at the epoch.
 const START_SLACK: Duration = Duration::from_millis(200);
 

@@ -490,9 +490,16 @@ impl IceScenario {
                 }
                 self.signals.send(partner(a), c.to_sdp_line());
             }
-            Event::GatheringDone => self
-                .signals
-                .send(partner(a), Signal::END_OF_CANDIDATES.into()),
+            Event::GatheringDone => {
+                // Under the relay-only policy that agent cannot connect at all; otherwise it may
+                // still connect directly, but the server's answer is worth knowing.
+                if self.peer(a).is_some_and(|p| !p.allocated) {
+                    cx.core
+                        .error("gathering: no relayed candidate (Allocate refused or unanswered)");
+                }
+                self.signals
+                    .send(partner(a), Signal::END_OF_CANDIDATES.into())
+            }
             Event::Connected(sel) => self.on_connected(now, a, sel, cx),
             Event::Disconnected => {
                 // Stale if the pair restarted since the event was queued.
