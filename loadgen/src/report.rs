@@ -114,6 +114,9 @@ pub struct Throughput {
     pub pps: f64,
     /// Probes sent per second in the window.
     pub sent_pps: f64,
+    /// What the connected agents were asked to send per second (`rate x connected`; 0 with
+    /// `--max-rate`). A `sent_pps` well below it means loadgen fell behind its own schedule.
+    pub asked_pps: f64,
     /// Probe payload megabits per second received in the window (UDP/IP headers excluded).
     pub mbps: f64,
 }
@@ -173,6 +176,10 @@ impl DriverCounters {
 
 /// Saturation above which loadgen calls itself the limit.
 pub const GENERATOR_SATURATED: f64 = 0.9;
+/// Below this share of the asked rate, the summary says loadgen fell behind. Its threads may be
+/// short of CPU without being busy themselves (other processes on the cores): the rate shows it
+/// when utilization does not.
+pub const BEHIND: f64 = 0.95;
 
 /// What the run measured besides [`Stats`].
 #[derive(Clone, Debug)]
@@ -206,6 +213,11 @@ impl Report {
         let gen_cores = ratio(m.generator_cpu_s, window);
         let threads = config.threads.max(1);
         let utilization = gen_cores / threads as f64;
+        let asked_pps = if config.max_rate {
+            0.0
+        } else {
+            (stats.connected * u64::from(config.rate)) as f64
+        };
         Report {
             schema: SCHEMA_VERSION,
             mode: mode.into(),
@@ -247,6 +259,7 @@ impl Report {
                 window_s: r3(window),
                 pps: r3(ratio(t.window_received as f64, window)),
                 sent_pps: r3(ratio(t.window_sent as f64, window)),
+                asked_pps,
                 mbps: r3(ratio(t.window_bytes as f64 * 8.0 / 1e6, window)),
             },
             server: m.server.map(|(pid, cpu)| ServerCpu {
@@ -404,6 +417,17 @@ impl Report {
                 format!(
                     "send drops {}  send errors {}  no-buffer {}  truncated {}  recv errors {}",
                     d.drops, d.send_errors, d.enobufs, d.truncated, d.recv_errors
+                ),
+            ));
+        }
+        if th.asked_pps > 0.0 && th.sent_pps < BEHIND * th.asked_pps {
+            rows.push((
+                "note",
+                format!(
+                    "loadgen sent {:.0} of the {:.0} pps asked ({:.0} %): it fell behind its schedule (short of CPU?), and latency includes its queues",
+                    th.sent_pps,
+                    th.asked_pps,
+                    100.0 * th.sent_pps / th.asked_pps
                 ),
             ));
         }
@@ -602,6 +626,7 @@ mod tests {
         "/throughput/pps",
         "/throughput/mbps",
         "/throughput/window_s",
+        "/throughput/asked_pps",
         "/server/cpu_seconds",
         "/server/packets_per_cpu_second",
         "/generator/cpu_seconds",
@@ -665,6 +690,12 @@ mod tests {
         assert!(s.contains("p99.9"), "{s}");
         assert!(s.contains("packets per CPU-second"), "{s}");
         assert!(s.contains("saturated"), "{s}");
+        // 3 connected agents asked for 50 pps each; 300 pps sent over 3 s is more than that.
+        assert!(!s.contains("fell behind"), "{s}");
+        let mut r = sample();
+        r.throughput.asked_pps = 1000.0;
+        let s = r.summary();
+        assert!(s.contains("of the 1000 pps asked"), "{s}");
     }
 
     #[test]
