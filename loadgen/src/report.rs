@@ -266,7 +266,12 @@ impl Report {
                 pid,
                 cpu_seconds: r3(cpu),
                 cpu_cores: r3(ratio(cpu, window)),
-                packets_per_cpu_second: r3(ratio(t.window_received as f64, cpu)),
+                // Direct paths (ICE) do not cross the relay: no figure rather than a silly one.
+                packets_per_cpu_second: if m.relay_hops_per_packet == 0 {
+                    0.0
+                } else {
+                    r3(ratio(t.window_received as f64, cpu))
+                },
                 relay_hops_per_packet: m.relay_hops_per_packet,
             }),
             generator: Generator {
@@ -385,7 +390,15 @@ impl Report {
                 th.pps, th.sent_pps, th.mbps, th.window_s
             ),
         ));
-        if let Some(sv) = &self.server {
+        if let Some(sv) = self.server.as_ref().filter(|s| s.relay_hops_per_packet == 0) {
+            rows.push((
+                "relay cpu",
+                format!(
+                    "pid {}: {:.2} CPU-s ({:.2} cores); the media went direct, not through the relay",
+                    sv.pid, sv.cpu_seconds, sv.cpu_cores
+                ),
+            ));
+        } else if let Some(sv) = &self.server {
             rows.push((
                 "relay cpu",
                 format!(
