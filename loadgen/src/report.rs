@@ -114,9 +114,11 @@ pub struct Throughput {
     pub pps: f64,
     /// Probes sent per second in the window.
     pub sent_pps: f64,
-    /// What the connected agents were asked to send per second (`rate x connected`; 0 with
-    /// `--max-rate`). A `sent_pps` well below it means loadgen fell behind its own schedule.
+    /// What the streaming agents were due to send per second in the window (0 with
+    /// `--max-rate`), and what the pacer tried to send (sent or not: an ICE agent restarting
+    /// cannot send). Tries well below the due rate mean loadgen fell behind its own schedule.
     pub asked_pps: f64,
+    pub attempted_pps: f64,
     /// Probe payload megabits per second received in the window (UDP/IP headers excluded).
     pub mbps: f64,
 }
@@ -213,11 +215,8 @@ impl Report {
         let gen_cores = ratio(m.generator_cpu_s, window);
         let threads = config.threads.max(1);
         let utilization = gen_cores / threads as f64;
-        let asked_pps = if config.max_rate {
-            0.0
-        } else {
-            (stats.connected * u64::from(config.rate)) as f64
-        };
+        let asked_pps = r3(ratio(t.window_asked as f64, window));
+        let attempted_pps = r3(ratio(t.window_attempted as f64, window));
         Report {
             schema: SCHEMA_VERSION,
             mode: mode.into(),
@@ -260,6 +259,7 @@ impl Report {
                 pps: r3(ratio(t.window_received as f64, window)),
                 sent_pps: r3(ratio(t.window_sent as f64, window)),
                 asked_pps,
+                attempted_pps,
                 mbps: r3(ratio(t.window_bytes as f64 * 8.0 / 1e6, window)),
             },
             server: m.server.map(|(pid, cpu)| ServerCpu {
@@ -390,7 +390,11 @@ impl Report {
                 th.pps, th.sent_pps, th.mbps, th.window_s
             ),
         ));
-        if let Some(sv) = self.server.as_ref().filter(|s| s.relay_hops_per_packet == 0) {
+        if let Some(sv) = self
+            .server
+            .as_ref()
+            .filter(|s| s.relay_hops_per_packet == 0)
+        {
             rows.push((
                 "relay cpu",
                 format!(
@@ -433,14 +437,14 @@ impl Report {
                 ),
             ));
         }
-        if th.asked_pps > 0.0 && th.sent_pps < BEHIND * th.asked_pps {
+        if th.asked_pps > 0.0 && th.attempted_pps < BEHIND * th.asked_pps {
             rows.push((
                 "note",
                 format!(
-                    "loadgen sent {:.0} of the {:.0} pps asked ({:.0} %): it fell behind its schedule (short of CPU?), and latency includes its queues",
-                    th.sent_pps,
+                    "loadgen sent {:.0} of the {:.0} pps due ({:.0} %): it fell behind its schedule (short of CPU?), and latency includes its queues",
+                    th.attempted_pps,
                     th.asked_pps,
-                    100.0 * th.sent_pps / th.asked_pps
+                    100.0 * th.attempted_pps / th.asked_pps
                 ),
             ));
         }
@@ -640,6 +644,7 @@ mod tests {
         "/throughput/mbps",
         "/throughput/window_s",
         "/throughput/asked_pps",
+        "/throughput/attempted_pps",
         "/server/cpu_seconds",
         "/server/packets_per_cpu_second",
         "/generator/cpu_seconds",
@@ -703,12 +708,13 @@ mod tests {
         assert!(s.contains("p99.9"), "{s}");
         assert!(s.contains("packets per CPU-second"), "{s}");
         assert!(s.contains("saturated"), "{s}");
-        // 3 connected agents asked for 50 pps each; 300 pps sent over 3 s is more than that.
+        // Nothing was due (the sample has no window_asked): no note.
         assert!(!s.contains("fell behind"), "{s}");
         let mut r = sample();
         r.throughput.asked_pps = 1000.0;
+        r.throughput.attempted_pps = 300.0;
         let s = r.summary();
-        assert!(s.contains("of the 1000 pps asked"), "{s}");
+        assert!(s.contains("loadgen sent 300 of the 1000 pps due (30 %)"), "{s}");
     }
 
     #[test]

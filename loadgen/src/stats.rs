@@ -354,6 +354,11 @@ pub struct Traffic {
     pub window_received: u64,
     pub window_bytes: u64,
     pub window_sent: u64,
+    /// Probes the streaming agents were due to send in the window (rate x time each streamed in
+    /// it), and the ones the pacer tried to send there (sent or not): fewer tries than due means
+    /// the generator fell behind its schedule.
+    pub window_asked: u64,
+    pub window_attempted: u64,
 }
 
 impl Traffic {
@@ -371,6 +376,8 @@ impl Traffic {
         self.window_received += o.window_received;
         self.window_bytes += o.window_bytes;
         self.window_sent += o.window_sent;
+        self.window_asked += o.window_asked;
+        self.window_attempted += o.window_attempted;
     }
 
     /// Probes sent and never received (first copies), at the end of the run.

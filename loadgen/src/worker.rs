@@ -323,6 +323,14 @@ impl Core {
             }
         } else {
             self.pacer.push(Reverse((now + self.phase(agent), agent)));
+            let from = now.max(self.plan.hold_start);
+            let due = self
+                .plan
+                .send_end
+                .saturating_duration_since(from)
+                .as_secs_f64()
+                * f64::from(self.plan.media.rate);
+            self.stats.traffic.window_asked += due.round() as u64;
         }
     }
 
@@ -393,6 +401,9 @@ impl Core {
 
     fn sent(&mut self, now: Instant, ok: bool, len: usize) {
         let t = &mut self.stats.traffic;
+        if now >= self.plan.hold_start {
+            t.window_attempted += 1;
+        }
         if ok {
             t.sent += 1;
             t.bytes_sent += len as u64;
@@ -811,6 +822,9 @@ mod tests {
         assert_eq!(s.traffic.unique, 600);
         assert_eq!(s.traffic.lost(), 0);
         assert_eq!(s.traffic.window_received, 600);
+        // Due and tried: everything, the generator never fell behind.
+        assert_eq!(s.traffic.window_asked, 600);
+        assert_eq!(s.traffic.window_attempted, 600);
         assert_eq!((s.agents, s.connected, s.failed), (6, 6, 0));
         assert_eq!(s.setup_ms.count(), 6);
         assert_eq!(s.latency_us.quantile(0.5), 200);
