@@ -133,8 +133,10 @@ pub struct ServerCpu {
     /// Probes delivered in the window per relay CPU-second.
     pub packets_per_cpu_second: f64,
     /// How many times each delivered probe crossed the relay (turn-only: 2, client to its
-    /// allocation, relayed to the partner's allocation, relayed to the partner).
+    /// allocation, relayed to the partner's allocation, relayed to the partner), rounded; in ice
+    /// mode the paths differ, and `relay_hops_mean` is the mean over connected agents.
     pub relay_hops_per_packet: u32,
+    pub relay_hops_mean: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -189,7 +191,8 @@ pub struct Measured {
     pub window_s: f64,
     pub generator_cpu_s: f64,
     pub server: Option<(u32, f64)>,
-    pub relay_hops_per_packet: u32,
+    /// Relay crossings per delivered probe, mean over the agents' selected paths.
+    pub relay_hops: f64,
     pub backend: String,
     pub driver: DriverCounters,
     pub timeline: Vec<Second>,
@@ -267,12 +270,13 @@ impl Report {
                 cpu_seconds: r3(cpu),
                 cpu_cores: r3(ratio(cpu, window)),
                 // Direct paths (ICE) do not cross the relay: no figure rather than a silly one.
-                packets_per_cpu_second: if m.relay_hops_per_packet == 0 {
+                packets_per_cpu_second: if m.relay_hops == 0.0 {
                     0.0
                 } else {
                     r3(ratio(t.window_received as f64, cpu))
                 },
-                relay_hops_per_packet: m.relay_hops_per_packet,
+                relay_hops_per_packet: m.relay_hops.round() as u32,
+                relay_hops_mean: r3(m.relay_hops),
             }),
             generator: Generator {
                 cpu_seconds: r3(m.generator_cpu_s),
@@ -390,11 +394,7 @@ impl Report {
                 th.pps, th.sent_pps, th.mbps, th.window_s
             ),
         ));
-        if let Some(sv) = self
-            .server
-            .as_ref()
-            .filter(|s| s.relay_hops_per_packet == 0)
-        {
+        if let Some(sv) = self.server.as_ref().filter(|s| s.relay_hops_mean == 0.0) {
             rows.push((
                 "relay cpu",
                 format!(
@@ -411,7 +411,11 @@ impl Report {
                     sv.cpu_seconds,
                     sv.cpu_cores,
                     sv.packets_per_cpu_second,
-                    sv.relay_hops_per_packet
+                    if sv.relay_hops_mean.fract() == 0.0 {
+                        format!("{}", sv.relay_hops_per_packet)
+                    } else {
+                        format!("{:.2} on average", sv.relay_hops_mean)
+                    }
                 ),
             ));
         }
@@ -600,7 +604,7 @@ mod tests {
                 window_s: 3.0,
                 generator_cpu_s: 5.7,
                 server: Some((42, 1.5)),
-                relay_hops_per_packet: 2,
+                relay_hops: 2.0,
                 backend: "portable".into(),
                 driver: DriverCounters::default(),
                 timeline,
@@ -714,7 +718,10 @@ mod tests {
         r.throughput.asked_pps = 1000.0;
         r.throughput.attempted_pps = 300.0;
         let s = r.summary();
-        assert!(s.contains("loadgen sent 300 of the 1000 pps due (30 %)"), "{s}");
+        assert!(
+            s.contains("loadgen sent 300 of the 1000 pps due (30 %)"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -220,13 +220,11 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
     }
 
     let window_s = config.duration.as_secs_f64();
-    let relay_hops_per_packet = match config.mode {
-        Mode::TurnOnly => 2,
+    let relay_hops = match config.mode {
+        Mode::TurnOnly => 2.0,
         // The mean over connected agents of the relayed candidates on their path.
-        Mode::Ice if stats.connected > 0 => {
-            ((stats.relay_hops as f64 / stats.connected as f64).round()) as u32
-        }
-        Mode::Ice => 0,
+        Mode::Ice if stats.connected > 0 => stats.relay_hops as f64 / stats.connected as f64,
+        Mode::Ice => 0.0,
     };
     let mut report = Report::build(
         config.mode.name(),
@@ -255,7 +253,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             window_s,
             generator_cpu_s,
             server: config.server_pid.zip(server_cpu_s),
-            relay_hops_per_packet,
+            relay_hops,
             backend: format!("{:?}", selection.chosen).to_lowercase(),
             driver: driver_counters,
             timeline,

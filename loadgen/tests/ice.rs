@@ -49,7 +49,15 @@ fn two_hundred_agents_connect_host_to_host_and_stream_without_loss() {
     assert!(t.sent >= 12_000, "sent {}", t.sent);
     assert_eq!(t.lost, 0, "lost {} of {}", t.lost, t.sent);
     assert_eq!(t.foreign + t.duplicated, 0);
-    assert_eq!(r.server.as_ref().unwrap().relay_hops_per_packet, 0);
+    let server = r.server.as_ref().unwrap();
+    assert_eq!(
+        (server.relay_hops_per_packet, server.relay_hops_mean),
+        (0, 0.0)
+    );
+    assert_eq!(
+        server.packets_per_cpu_second, 0.0,
+        "no media crossed the relay"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v.pointer("/mode").unwrap(), "ice");
@@ -129,7 +137,10 @@ fn relay_policy_sends_everything_through_the_relay() {
     assert_eq!(r.agents.connected, 40, "{:?}", r.agents.failures);
     assert_eq!(r.candidates.selected.relay, 40);
     let server = r.server.as_ref().unwrap();
-    assert_eq!(server.relay_hops_per_packet, 2);
+    assert_eq!(
+        (server.relay_hops_per_packet, server.relay_hops_mean),
+        (2, 2.0)
+    );
     assert!(server.cpu_seconds > 0.0);
     assert!(r.traffic.loss_ratio < 0.001, "{}", r.traffic.loss_ratio);
 }
