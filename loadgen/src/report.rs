@@ -406,15 +406,15 @@ impl Report {
             rows.push((
                 "relay cpu",
                 format!(
-                    "pid {}: {:.2} CPU-s ({:.2} cores), {:.0} packets per CPU-second ({} relay hops each)",
+                    "pid {}: {:.2} CPU-s ({:.2} cores), {:.0} packets per CPU-second ({})",
                     sv.pid,
                     sv.cpu_seconds,
                     sv.cpu_cores,
                     sv.packets_per_cpu_second,
                     if sv.relay_hops_mean.fract() == 0.0 {
-                        format!("{}", sv.relay_hops_per_packet)
+                        format!("{} relay hops each", sv.relay_hops_per_packet)
                     } else {
-                        format!("{:.2} on average", sv.relay_hops_mean)
+                        format!("{:.2} relay hops per probe on average", sv.relay_hops_mean)
                     }
                 ),
             ));
