@@ -52,7 +52,7 @@ use crate::worker::{partner, Cx, Scenario};
 use matrix::{Case, PairOutcome, Selected};
 use signal::{Channel, Signal, SignalError};
 
-/// The RFC 7675 consent timeout (section 5.1: 30 s by default, and it may be configured).
+/// The RFC 7675 consent timeout (section 5.1: 30 s); `--consent-timeout` lowers it for chaos runs.
 pub const DEFAULT_CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How each pair's networks are laid out.
