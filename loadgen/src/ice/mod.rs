@@ -410,12 +410,14 @@ impl IceScenario {
     /// next timer.
     fn service(&mut self, now: Instant, a: AgentIx, cx: &mut Cx<'_>) {
         let server = self.config.server;
-        let blackout = self
-            .pairs
-            .get(a / 2)
-            .and_then(Option::as_ref)
-            .is_some_and(|c| c.blackout);
         for _ in 0..ROUNDS {
+            // Read every round: a restart among the events below ends the blackout, and its
+            // checks must go out.
+            let blackout = self
+                .pairs
+                .get(a / 2)
+                .and_then(Option::as_ref)
+                .is_some_and(|c| c.blackout);
             let IceScenario {
                 peers,
                 buf,
