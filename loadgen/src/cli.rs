@@ -30,9 +30,10 @@ pub struct Args {
     /// A TURN REST shared secret: loadgen makes time-limited credentials from it.
     #[arg(long, value_name = "SECRET")]
     pub auth_secret: Option<String>,
-    /// Agents (TURN clients in turn-only mode), in pairs; an odd number is rounded up.
-    #[arg(long, value_name = "N")]
-    pub agents: u64,
+    /// Agents (TURN clients in turn-only mode), in pairs; an odd number is rounded up. Not with
+    /// --nat-matrix, which runs one pair per case.
+    #[arg(long, value_name = "N", required_unless_present = "nat_matrix")]
+    pub agents: Option<u64>,
     /// How long the media flows at full strength, after the ramp.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -83,6 +84,10 @@ pub struct Args {
     /// An agent not connected this long after it started has failed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub setup_timeout: Duration,
+    /// ICE consent timeout (RFC 7675): a selected pair without a consent answer this long is
+    /// lost, and the pair restarts ICE. Consent checks go every sixth of it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub consent_timeout: Duration,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// No live progress display.
@@ -108,7 +113,7 @@ pub enum Policy {
 pub enum Mode {
     /// TURN clients in pairs relaying to each other's relayed addresses: no ICE.
     TurnOnly,
-    /// ICE agents (needs the ICE engine).
+    /// Pairs of ICE agents (RFC 8445): host, server-reflexive and relayed candidates.
     Ice,
 }
 
@@ -149,6 +154,7 @@ pub struct Config {
     pub plot: Option<PathBuf>,
     pub mode: Mode,
     pub setup_timeout: Duration,
+    pub consent_timeout: Duration,
     pub backend: Backend,
     pub quiet: bool,
     /// Things worth telling the user that are not errors (an odd agent count rounded up).
@@ -219,17 +225,28 @@ impl Config {
             _ => return Err(err("user", "give exactly one of --user and --auth-secret")),
         };
         let mut notes = Vec::new();
-        if a.agents < 2 {
+        let asked = match (a.agents, a.nat_matrix) {
+            (Some(_), true) => {
+                return Err(err(
+                    "agents",
+                    "--nat-matrix runs one pair per case; leave --agents out",
+                ))
+            }
+            (Some(n), false) => n,
+            (None, true) => 2 * crate::ice::matrix::cases(Duration::ZERO).len() as u64,
+            // clap requires one of the two; this is for callers building Args.
+            (None, false) => return Err(err("agents", "required")),
+        };
+        if asked < 2 {
             return Err(err("agents", "at least 2 (agents run in pairs)"));
         }
-        if a.agents > MAX_AGENTS {
+        if asked > MAX_AGENTS {
             return Err(err("agents", format!("at most {MAX_AGENTS}")));
         }
-        let agents = a.agents + a.agents % 2;
-        if agents != a.agents {
+        let agents = asked + asked % 2;
+        if agents != asked {
             notes.push(format!(
-                "--agents {} rounded up to {agents}: agents run in pairs",
-                a.agents
+                "--agents {asked} rounded up to {agents}: agents run in pairs"
             ));
         }
         if a.duration.is_zero() {
@@ -246,6 +263,9 @@ impl Config {
         }
         if a.setup_timeout.is_zero() {
             return Err(err("setup-timeout", "must be positive"));
+        }
+        if a.consent_timeout < Duration::from_secs(1) {
+            return Err(err("consent-timeout", "at least 1s"));
         }
         let nat = match &a.nat {
             Some(s) => s
@@ -277,13 +297,18 @@ impl Config {
                 }
             }
         }
-        if nat != NatSpec::None && !server.ip().is_loopback() {
+        if (nat != NatSpec::None || a.nat_matrix) && !server.ip().is_loopback() {
             return Err(err(
                 "nat",
                 "emulated NATs have loopback public addresses (127.x.y.z), so the server must be on loopback too",
             ));
         }
-        if a.chaos && nat == NatSpec::None {
+        if a.nat_matrix && nat != NatSpec::None {
+            notes.push(
+                "--nat-matrix places every pair itself: --nat only sets the mapping timeout".into(),
+            );
+        }
+        if a.chaos && nat == NatSpec::None && a.mode == Mode::TurnOnly {
             notes.push("--chaos drops NAT mappings, and there are none without --nat".into());
         }
         if let Some(pid) = a.server_pid {
@@ -318,10 +343,23 @@ impl Config {
             plot: a.plot,
             mode: a.mode,
             setup_timeout: a.setup_timeout,
+            consent_timeout: a.consent_timeout,
             backend: a.backend,
             quiet: a.quiet,
             notes,
         })
+    }
+}
+
+impl Config {
+    /// The NAT mapping timeout `--nat` asked for (the default without one): the NAT matrix
+    /// uses it for all its NATs.
+    pub fn nat_timeout(&self) -> Duration {
+        match self.nat {
+            NatSpec::Fixed(b) => b.timeout,
+            NatSpec::Mix { timeout } => timeout,
+            NatSpec::None => crate::nat::DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -341,15 +379,25 @@ fn resolve(s: &str) -> Result<SocketAddr, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // Open files.
 
-/// Sockets one agent holds in the worst case: its own (direct) or its NAT mappings' public
-/// sockets (one per destination with address- and port-dependent mapping: the server and, in
-/// ICE mode, each peer candidate it checks).
+/// Sockets one agent usually holds: its own (direct) or its NAT mappings' public sockets, one
+/// per mapping. In ICE mode an endpoint-independent mapping is one socket; an address-dependent
+/// one is two (the server's address, which its relayed addresses share, and the peer NAT's); an
+/// address- and port-dependent one is four (the server, the peer's server-reflexive and relayed
+/// candidates, a peer-reflexive one), and up to eight more while two such NATs with
+/// endpoint-independent filtering trade peer-reflexive candidates (the agent stops learning
+/// them at eight). `mix` counts the average of the nine behaviours, rounded up. A socket that
+/// cannot be opened is not fatal: the mapping is dropped and counted (`nat_full`).
 pub fn sockets_per_agent(mode: Mode, nat: &NatSpec) -> u64 {
     match (mode, nat) {
         (_, NatSpec::None) => 1,
         (Mode::TurnOnly, _) => 1,
-        // Server (STUN + TURN on one port) plus the partner's host, srflx and relay candidates.
-        (Mode::Ice, _) => 4,
+        (Mode::Ice, NatSpec::Fixed(b)) => match b.mapping {
+            crate::nat::Mapping::EndpointIndependent => 1,
+            crate::nat::Mapping::AddressDependent => 2,
+            crate::nat::Mapping::AddressAndPortDependent => 4,
+        },
+        // (3 x 1 + 3 x 2 + 3 x 4) / 9, rounded up.
+        (Mode::Ice, NatSpec::Mix { .. }) => 3,
     }
 }
 
@@ -363,14 +411,24 @@ pub fn fixed_fds(threads: usize) -> u64 {
 /// sockets fit; the error says how many are needed and how to raise the limit.
 pub fn check_open_files(c: &Config) -> Result<u64, ConfigError> {
     let limit = uturn::limits::raise_nofile();
-    let need = c.agents * sockets_per_agent(c.mode, &c.nat) + fixed_fds(c.threads);
+    let per_agent = if c.nat_matrix {
+        sockets_per_agent(
+            c.mode,
+            &NatSpec::Mix {
+                timeout: c.nat_timeout(),
+            },
+        )
+    } else {
+        sockets_per_agent(c.mode, &c.nat)
+    };
+    let need = c.agents * per_agent + fixed_fds(c.threads);
     if need > limit {
         return Err(err(
             "agents",
             format!(
                 "{} agents need about {need} open files but the limit is {limit} (the hard limit); raise it (ulimit -Hn / LimitNOFILE=) or use at most {} agents",
                 c.agents,
-                limit.saturating_sub(fixed_fds(c.threads)) / sockets_per_agent(c.mode, &c.nat)
+                limit.saturating_sub(fixed_fds(c.threads)) / per_agent
             ),
         ));
     }
@@ -467,6 +525,54 @@ mod tests {
     }
 
     #[test]
+    fn ice_mode_and_the_nat_matrix() {
+        let c = parse(&["--user", "a:b", "--mode", "ice", "--nat-matrix"]).unwrap();
+        // One pair per case: no NAT, nine on one LAN, 81 apart.
+        assert_eq!(c.agents, 2 * 91);
+        assert!(c.nat_matrix);
+        assert_eq!(c.policy, Policy::All);
+        assert_eq!(c.consent_timeout, Duration::from_secs(30));
+        assert_eq!(c.nat_timeout(), crate::nat::DEFAULT_TIMEOUT);
+        let c = parse(&[
+            "--user",
+            "a:b",
+            "--mode",
+            "ice",
+            "--nat-matrix",
+            "--nat",
+            "eim-eif:timeout=40s",
+            "--policy",
+            "relay",
+            "--consent-timeout",
+            "6s",
+        ])
+        .unwrap();
+        assert_eq!(c.nat_timeout(), Duration::from_secs(40));
+        assert!(c
+            .notes
+            .iter()
+            .any(|n| n.contains("only sets the mapping timeout")));
+        assert_eq!(c.policy, Policy::Relay);
+        assert_eq!(c.consent_timeout, Duration::from_secs(6));
+        // The matrix's NATs have loopback public addresses.
+        let argv = [
+            "loadgen",
+            "--server",
+            "192.0.2.1:3478",
+            "--allow-remote",
+            "--realm",
+            "r",
+            "--user",
+            "a:b",
+            "--mode",
+            "ice",
+            "--nat-matrix",
+        ];
+        let e = Config::from_args(Args::try_parse_from(argv).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
     fn threads_never_exceed_pairs() {
         let c = parse(&["--user", "a:b", "--agents", "4", "--threads", "16"]).unwrap();
         assert_eq!(c.threads, 2);
@@ -510,9 +616,29 @@ mod tests {
                 &["--user", "a:b", "--agents", "2", "--threads", "0"],
                 "--threads",
             ),
+            (&["--user", "a:b", "--nat-matrix"], "--mode ice"),
             (
-                &["--user", "a:b", "--agents", "2", "--nat-matrix"],
-                "--mode ice",
+                &[
+                    "--user",
+                    "a:b",
+                    "--agents",
+                    "2",
+                    "--nat-matrix",
+                    "--mode",
+                    "ice",
+                ],
+                "leave --agents out",
+            ),
+            (
+                &[
+                    "--user",
+                    "a:b",
+                    "--agents",
+                    "2",
+                    "--consent-timeout",
+                    "500ms",
+                ],
+                "--consent-timeout: at least 1s",
             ),
             (
                 &[
@@ -564,6 +690,16 @@ mod tests {
         assert!(e.contains("use at most"), "{e}");
         c.mode = Mode::Ice;
         c.nat = "mix".parse().unwrap();
-        assert_eq!(sockets_per_agent(c.mode, &c.nat), 4);
+        assert_eq!(sockets_per_agent(c.mode, &c.nat), 3);
+        let per = |s: &str| sockets_per_agent(Mode::Ice, &s.parse().unwrap());
+        assert_eq!(
+            (per("eim-apdf"), per("adm-eif"), per("symmetric")),
+            (1, 2, 4)
+        );
+        assert_eq!(per("none"), 1);
+        assert_eq!(
+            sockets_per_agent(Mode::TurnOnly, &"symmetric".parse().unwrap()),
+            1
+        );
     }
 }

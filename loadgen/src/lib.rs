@@ -8,6 +8,7 @@
 //! - [`worker`]: one thread per core on the relay's I/O driver, running a [`worker::Scenario`].
 //! - [`turn_only`]: the turn-only scenario (TURN clients in relayed pairs).
 //! - [`natcheck`]: `loadgen natcheck`, the NAT's mapping and filtering (RFC 5780).
+//! - [`ice`]: the ICE scenario (pairs of ICE agents), signalling, the NAT matrix.
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod cpu;
 pub mod duration;
 pub mod fabric;
+pub mod ice;
 pub mod nat;
 pub mod natcheck;
 pub mod preflight;

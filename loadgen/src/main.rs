@@ -1,6 +1,6 @@
 //! loadgen's command line. Exit codes: 0 every agent connected; 1 the run could not be done
 //! (unreachable server, bad credentials, I/O); 2 bad flags; 3 the run was done but some agents
-//! failed (see the summary).
+//! failed (see the summary); 4 `--nat-matrix` did not match the theory (see the table).
 
 use std::process::ExitCode;
 
@@ -29,6 +29,9 @@ fn main() -> ExitCode {
     }
     match loadgen::run::run(&config) {
         Ok(outcome) => {
+            if let Some(m) = &outcome.report.matrix {
+                println!("{}", m.table());
+            }
             print!("{}", outcome.report.summary());
             let f = outcome.fabric;
             if f.nat_sockets_opened > 0 || f.filtered + f.no_mapping + f.unreachable > 0 {
@@ -42,7 +45,14 @@ fn main() -> ExitCode {
                     f.nat_full
                 );
             }
-            if outcome.report.agents.failed > 0 {
+            if outcome
+                .report
+                .matrix
+                .as_ref()
+                .is_some_and(|m| m.mismatches() > 0)
+            {
+                ExitCode::from(4)
+            } else if outcome.report.agents.failed > 0 {
                 ExitCode::from(3)
             } else {
                 ExitCode::SUCCESS

@@ -31,6 +31,8 @@ pub struct Report {
     pub server: Option<ServerCpu>,
     pub generator: Generator,
     pub timeline: Vec<Second>,
+    /// With `--nat-matrix`: every pair, the path theory predicts and the one it took.
+    pub matrix: Option<crate::ice::matrix::Matrix>,
 }
 
 /// What was asked for.
@@ -65,7 +67,14 @@ pub struct Ice {
     /// Start of an agent to its first usable path, in ms. In turn-only mode: first Allocate
     /// sent to the channel to the partner bound.
     pub setup_ms: Percentiles,
+    /// ICE restarts, per agent (both agents of a pair restart together).
     pub restarts: u64,
+    /// Agents whose selected pair stopped working (consent lost, allocation gone).
+    pub disconnects: u64,
+    /// Pairs connected again after a restart.
+    pub recovered: u64,
+    /// First agent of a pair losing its path to both connected again, in ms.
+    pub recovery_ms: Percentiles,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -105,6 +114,11 @@ pub struct Throughput {
     pub pps: f64,
     /// Probes sent per second in the window.
     pub sent_pps: f64,
+    /// What the streaming agents were due to send per second in the window (0 with
+    /// `--max-rate`), and what the pacer tried to send (sent or not: an ICE agent restarting
+    /// cannot send). Tries well below the due rate mean loadgen fell behind its own schedule.
+    pub asked_pps: f64,
+    pub attempted_pps: f64,
     /// Probe payload megabits per second received in the window (UDP/IP headers excluded).
     pub mbps: f64,
 }
@@ -119,8 +133,10 @@ pub struct ServerCpu {
     /// Probes delivered in the window per relay CPU-second.
     pub packets_per_cpu_second: f64,
     /// How many times each delivered probe crossed the relay (turn-only: 2, client to its
-    /// allocation, relayed to the partner's allocation, relayed to the partner).
+    /// allocation, relayed to the partner's allocation, relayed to the partner), rounded; in ice
+    /// mode the paths differ, and `relay_hops_mean` is the mean over connected agents.
     pub relay_hops_per_packet: u32,
+    pub relay_hops_mean: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -164,6 +180,10 @@ impl DriverCounters {
 
 /// Saturation above which loadgen calls itself the limit.
 pub const GENERATOR_SATURATED: f64 = 0.9;
+/// Below this share of the asked rate, the summary says loadgen fell behind. Its threads may be
+/// short of CPU without being busy themselves (other processes on the cores): the rate shows it
+/// when utilization does not.
+pub const BEHIND: f64 = 0.95;
 
 /// What the run measured besides [`Stats`].
 #[derive(Clone, Debug)]
@@ -171,7 +191,8 @@ pub struct Measured {
     pub window_s: f64,
     pub generator_cpu_s: f64,
     pub server: Option<(u32, f64)>,
-    pub relay_hops_per_packet: u32,
+    /// Relay crossings per delivered probe, mean over the agents' selected paths.
+    pub relay_hops: f64,
     pub backend: String,
     pub driver: DriverCounters,
     pub timeline: Vec<Second>,
@@ -197,6 +218,8 @@ impl Report {
         let gen_cores = ratio(m.generator_cpu_s, window);
         let threads = config.threads.max(1);
         let utilization = gen_cores / threads as f64;
+        let asked_pps = r3(ratio(t.window_asked as f64, window));
+        let attempted_pps = r3(ratio(t.window_attempted as f64, window));
         Report {
             schema: SCHEMA_VERSION,
             mode: mode.into(),
@@ -211,6 +234,9 @@ impl Report {
             ice: Ice {
                 setup_ms: stats.setup_ms.summary(),
                 restarts: stats.ice_restarts,
+                disconnects: stats.ice_disconnects,
+                recovered: stats.ice_recovered,
+                recovery_ms: stats.recovery_ms.summary(),
             },
             allocation_ms: stats.allocation_ms.summary(),
             candidates: Candidates {
@@ -235,14 +261,22 @@ impl Report {
                 window_s: r3(window),
                 pps: r3(ratio(t.window_received as f64, window)),
                 sent_pps: r3(ratio(t.window_sent as f64, window)),
+                asked_pps,
+                attempted_pps,
                 mbps: r3(ratio(t.window_bytes as f64 * 8.0 / 1e6, window)),
             },
             server: m.server.map(|(pid, cpu)| ServerCpu {
                 pid,
                 cpu_seconds: r3(cpu),
                 cpu_cores: r3(ratio(cpu, window)),
-                packets_per_cpu_second: r3(ratio(t.window_received as f64, cpu)),
-                relay_hops_per_packet: m.relay_hops_per_packet,
+                // Direct paths (ICE) do not cross the relay: no figure rather than a silly one.
+                packets_per_cpu_second: if m.relay_hops == 0.0 {
+                    0.0
+                } else {
+                    r3(ratio(t.window_received as f64, cpu))
+                },
+                relay_hops_per_packet: m.relay_hops.round() as u32,
+                relay_hops_mean: r3(m.relay_hops),
             }),
             generator: Generator {
                 cpu_seconds: r3(m.generator_cpu_s),
@@ -258,6 +292,7 @@ impl Report {
                 },
             },
             timeline: m.timeline,
+            matrix: None,
         }
     }
 
@@ -307,8 +342,15 @@ impl Report {
         };
         rows.push(("setup ms", p(&self.ice.setup_ms)));
         rows.push(("allocation ms", p(&self.allocation_ms)));
-        if self.ice.restarts > 0 {
-            rows.push(("ice restarts", self.ice.restarts.to_string()));
+        if self.ice.restarts + self.ice.disconnects > 0 {
+            rows.push((
+                "ice restarts",
+                format!(
+                    "{} agents lost their path, {} agent restarts, {} pairs recovered",
+                    self.ice.disconnects, self.ice.restarts, self.ice.recovered
+                ),
+            ));
+            rows.push(("recovery ms", p(&self.ice.recovery_ms)));
         }
         let s = &self.candidates.selected;
         rows.push((
@@ -352,16 +394,28 @@ impl Report {
                 th.pps, th.sent_pps, th.mbps, th.window_s
             ),
         ));
-        if let Some(sv) = &self.server {
+        if let Some(sv) = self.server.as_ref().filter(|s| s.relay_hops_mean == 0.0) {
             rows.push((
                 "relay cpu",
                 format!(
-                    "pid {}: {:.2} CPU-s ({:.2} cores), {:.0} packets per CPU-second ({} relay hops each)",
+                    "pid {}: {:.2} CPU-s ({:.2} cores); the media went direct, not through the relay",
+                    sv.pid, sv.cpu_seconds, sv.cpu_cores
+                ),
+            ));
+        } else if let Some(sv) = &self.server {
+            rows.push((
+                "relay cpu",
+                format!(
+                    "pid {}: {:.2} CPU-s ({:.2} cores), {:.0} packets per CPU-second ({})",
                     sv.pid,
                     sv.cpu_seconds,
                     sv.cpu_cores,
                     sv.packets_per_cpu_second,
-                    sv.relay_hops_per_packet
+                    if sv.relay_hops_mean.fract() == 0.0 {
+                        format!("{} relay hops each", sv.relay_hops_per_packet)
+                    } else {
+                        format!("{:.2} relay hops per probe on average", sv.relay_hops_mean)
+                    }
                 ),
             ));
         }
@@ -384,6 +438,17 @@ impl Report {
                 format!(
                     "send drops {}  send errors {}  no-buffer {}  truncated {}  recv errors {}",
                     d.drops, d.send_errors, d.enobufs, d.truncated, d.recv_errors
+                ),
+            ));
+        }
+        if th.asked_pps > 0.0 && th.attempted_pps < BEHIND * th.asked_pps {
+            rows.push((
+                "note",
+                format!(
+                    "loadgen sent {:.0} of the {:.0} pps due ({:.0} %): it fell behind its schedule (short of CPU?), and latency includes its queues",
+                    th.attempted_pps,
+                    th.asked_pps,
+                    100.0 * th.attempted_pps / th.asked_pps
                 ),
             ));
         }
@@ -539,7 +604,7 @@ mod tests {
                 window_s: 3.0,
                 generator_cpu_s: 5.7,
                 server: Some((42, 1.5)),
-                relay_hops_per_packet: 2,
+                relay_hops: 2.0,
                 backend: "portable".into(),
                 driver: DriverCounters::default(),
                 timeline,
@@ -560,6 +625,10 @@ mod tests {
         "/ice/setup_ms/p99",
         "/ice/setup_ms/max",
         "/ice/restarts",
+        "/ice/disconnects",
+        "/ice/recovered",
+        "/ice/recovery_ms/p50",
+        "/ice/recovery_ms/max",
         "/allocation_ms/p50",
         "/allocation_ms/p99",
         "/candidates/selected/host",
@@ -578,6 +647,8 @@ mod tests {
         "/throughput/pps",
         "/throughput/mbps",
         "/throughput/window_s",
+        "/throughput/asked_pps",
+        "/throughput/attempted_pps",
         "/server/cpu_seconds",
         "/server/packets_per_cpu_second",
         "/generator/cpu_seconds",
@@ -629,6 +700,7 @@ mod tests {
         r.server = None;
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert!(v.pointer("/server").unwrap().is_null());
+        assert!(v.pointer("/matrix").unwrap().is_null());
     }
 
     #[test]
@@ -640,6 +712,16 @@ mod tests {
         assert!(s.contains("p99.9"), "{s}");
         assert!(s.contains("packets per CPU-second"), "{s}");
         assert!(s.contains("saturated"), "{s}");
+        // Nothing was due (the sample has no window_asked): no note.
+        assert!(!s.contains("fell behind"), "{s}");
+        let mut r = sample();
+        r.throughput.asked_pps = 1000.0;
+        r.throughput.attempted_pps = 300.0;
+        let s = r.summary();
+        assert!(
+            s.contains("loadgen sent 300 of the 1000 pps due (30 %)"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -4,24 +4,30 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use indicatif::{ProgressBar, ProgressStyle};
 use uturn::driver::{self, Backend, Chosen, Control, Counters, DriverConfig, DriverError};
 
 use crate::cli::{self, Config, Mode};
 use crate::cpu::{CpuWindow, Process};
 use crate::fabric::{Fabric, FabricCounters};
+use crate::ice::matrix::{self, Matrix};
+use crate::ice::{IceConfig, IceScenario, Placement};
 use crate::nat::network::MAX_LANS;
 use crate::preflight::{self, Preflight, PreflightError};
 use crate::report::{DriverCounters, Measured, Report, RunConfig};
 use crate::stats::{Clock, Stats, Timeline};
 use crate::turn_only::{TurnOnly, TurnOnlyConfig};
-use crate::worker::{self, Media, Plan, Worker};
+use crate::worker::{self, Media, Plan, Scenario, Worker};
 
 /// Time for the last probes to arrive after sending stops.
 pub const DRAIN: Duration = Duration::from_secs(1);
-/// Longest the deallocations at the end may take.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Longest the deallocations at the end may take. Thousands of agents delete their allocations
+/// at once; a generator that fell behind has seconds of datagrams queued in its sockets before
+/// the answers.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Workers start this long after the plan is made, so that every thread is up at the epoch.
 const START_SLACK: Duration = Duration::from_millis(200);
 
@@ -33,8 +39,6 @@ pub enum RunError {
     Config(#[from] cli::ConfigError),
     #[error("preflight: {0}")]
     Preflight(#[from] PreflightError),
-    #[error("--mode ice: the ICE engine is not wired into loadgen yet; use --mode turn-only")]
-    IceUnavailable,
     #[error("I/O backend: {0}")]
     Backend(#[from] DriverError),
     #[error("cannot start worker {0}: {1}")]
@@ -64,9 +68,6 @@ struct WorkerThread {
 
 /// Runs the load described by `config`; prints progress on stderr unless `config.quiet`.
 pub fn run(config: &Config) -> Result<Outcome, RunError> {
-    if config.mode == Mode::Ice {
-        return Err(RunError::IceUnavailable);
-    }
     cli::check_open_files(config)?;
     let pre = preflight::run(config.server, &config.credentials)?;
     if !config.quiet {
@@ -102,6 +103,12 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
     // Never 0: a seeded network starts its NATs' ports at a random point (see Network).
     let nat_seed = rand::random::<u64>() | 1;
 
+    // --nat-matrix: run-wide pair i is case i (config.agents was set to match).
+    let cases: Option<Arc<[matrix::Case]>> = config
+        .nat_matrix
+        .then(|| matrix::cases(config.nat_timeout()).into());
+    let (outcome_tx, outcome_rx) = unbounded();
+
     // Pair j goes to worker j % threads: the ramp interleaves workers.
     let mut starts: Vec<Vec<Instant>> = vec![Vec::new(); threads];
     for j in 0..pairs {
@@ -135,12 +142,29 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         agent_base += agents_here;
         let lans = w as u32 * lans_per_worker..(w as u32 + 1) * lans_per_worker;
         let fabric = Fabric::new(direct_ip, lans, nat_seed);
-        let scenario = TurnOnly::new(TurnOnlyConfig {
-            server: config.server,
-            credentials: config.credentials.clone(),
-            nat: config.nat,
-            seed: rand::random(),
-        });
+        let scenario: Box<dyn Scenario + Send> = match config.mode {
+            Mode::TurnOnly => Box::new(TurnOnly::new(TurnOnlyConfig {
+                server: config.server,
+                credentials: config.credentials.clone(),
+                nat: config.nat,
+                seed: rand::random(),
+            })),
+            Mode::Ice => Box::new(IceScenario::new(IceConfig {
+                server: config.server,
+                credentials: config.credentials.clone(),
+                policy: match config.policy {
+                    cli::Policy::All => uturn_ice::Policy::All,
+                    cli::Policy::Relay => uturn_ice::Policy::RelayOnly,
+                },
+                placement: match &cases {
+                    Some(c) => Placement::Matrix(c.clone()),
+                    None => Placement::Each(config.nat),
+                },
+                consent_timeout: config.consent_timeout,
+                seed: rand::random(),
+                outcomes: cases.is_some().then(|| outcome_tx.clone()),
+            })),
+        };
         let (control, control_rx) = bounded::<Control>(4);
         let tx = report_tx.clone();
         let thread = std::thread::Builder::new()
@@ -162,6 +186,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         workers.push(WorkerThread { control, thread });
     }
     drop(report_tx);
+    drop(outcome_tx);
 
     let collected = collect(config, &report_rx, &workers, threads, hold_start, send_end);
     let mut driver_counters = DriverCounters::default();
@@ -195,7 +220,13 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
     }
 
     let window_s = config.duration.as_secs_f64();
-    let report = Report::build(
+    let relay_hops = match config.mode {
+        Mode::TurnOnly => 2.0,
+        // The mean over connected agents of the relayed candidates on their path.
+        Mode::Ice if stats.connected > 0 => stats.relay_hops as f64 / stats.connected as f64,
+        Mode::Ice => 0.0,
+    };
+    let mut report = Report::build(
         config.mode.name(),
         RunConfig {
             server: config.server.to_string(),
@@ -207,7 +238,11 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             size: config.size,
             max_rate: config.max_rate,
             threads,
-            nat: config.nat.to_string(),
+            nat: if config.nat_matrix {
+                "matrix".into()
+            } else {
+                config.nat.to_string()
+            },
             policy: match config.policy {
                 cli::Policy::All => "all".into(),
                 cli::Policy::Relay => "relay".into(),
@@ -218,12 +253,20 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             window_s,
             generator_cpu_s,
             server: config.server_pid.zip(server_cpu_s),
-            relay_hops_per_packet: 2,
+            relay_hops,
             backend: format!("{:?}", selection.chosen).to_lowercase(),
             driver: driver_counters,
             timeline,
         },
     );
+    if let Some(cases) = &cases {
+        let outcomes: Vec<_> = outcome_rx.try_iter().collect();
+        report.matrix = Some(Matrix::build(
+            cases,
+            config.policy == cli::Policy::Relay,
+            &outcomes,
+        ));
+    }
     if let Some(path) = &config.json {
         report.write_json(path).map_err(|e| RunError::Output {
             what: "JSON report",

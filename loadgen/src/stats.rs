@@ -354,6 +354,11 @@ pub struct Traffic {
     pub window_received: u64,
     pub window_bytes: u64,
     pub window_sent: u64,
+    /// Probes the streaming agents were due to send in the window (rate x time each streamed in
+    /// it), and the ones the pacer tried to send there (sent or not): fewer tries than due means
+    /// the generator fell behind its schedule.
+    pub window_asked: u64,
+    pub window_attempted: u64,
 }
 
 impl Traffic {
@@ -371,6 +376,8 @@ impl Traffic {
         self.window_received += o.window_received;
         self.window_bytes += o.window_bytes;
         self.window_sent += o.window_sent;
+        self.window_asked += o.window_asked;
+        self.window_attempted += o.window_attempted;
     }
 
     /// Probes sent and never received (first copies), at the end of the run.
@@ -390,7 +397,17 @@ pub struct Stats {
     /// Errors after an agent connected (a failed refresh, say), by reason; the agent still
     /// counts as connected.
     pub errors: BTreeMap<String, u64>,
+    /// ICE restarts, per agent (both agents of a pair restart together).
     pub ice_restarts: u64,
+    /// Agents whose selected pair stopped working (consent lost, allocation gone).
+    pub ice_disconnects: u64,
+    /// Pairs that connected again after a restart, and how long after the first agent of the
+    /// pair lost its path (ms).
+    pub ice_recovered: u64,
+    pub recovery_ms: Hist,
+    /// Relay hops of the selected paths, summed over connected agents (0: direct, 1: one relayed
+    /// candidate, 2: relayed on both ends).
+    pub relay_hops: u64,
     pub candidates: CandidateCounts,
     pub traffic: Traffic,
     /// Time from an agent's start to its first usable path (turn-only: Allocate sent to channel
@@ -411,6 +428,10 @@ impl Default for Stats {
             failures: BTreeMap::new(),
             errors: BTreeMap::new(),
             ice_restarts: 0,
+            ice_disconnects: 0,
+            ice_recovered: 0,
+            recovery_ms: Hist::millis(),
+            relay_hops: 0,
             candidates: CandidateCounts::default(),
             traffic: Traffic::default(),
             setup_ms: Hist::millis(),
@@ -437,6 +458,10 @@ impl Stats {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         self.ice_restarts += o.ice_restarts;
+        self.ice_disconnects += o.ice_disconnects;
+        self.ice_recovered += o.ice_recovered;
+        self.recovery_ms.merge(&o.recovery_ms);
+        self.relay_hops += o.relay_hops;
         self.candidates.merge(&o.candidates);
         self.traffic.merge(&o.traffic);
         self.setup_ms.merge(&o.setup_ms);

@@ -111,6 +111,44 @@ pub trait Scenario {
     fn is_shut_down(&self) -> bool;
 }
 
+/// A boxed scenario is a scenario, so that the run can pick one per `--mode` at run time.
+impl<S: Scenario + ?Sized> Scenario for Box<S> {
+    fn start_pair(&mut self, now: Instant, pair: usize, cx: &mut Cx<'_>) {
+        (**self).start_pair(now, pair, cx)
+    }
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        agent: AgentIx,
+        from: SocketAddr,
+        data: &[u8],
+        cx: &mut Cx<'_>,
+    ) {
+        (**self).on_datagram(now, agent, from, data, cx)
+    }
+    fn on_tick(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        (**self).on_tick(now, cx)
+    }
+    fn next_timeout(&self) -> Option<Instant> {
+        (**self).next_timeout()
+    }
+    fn send_media(
+        &mut self,
+        now: Instant,
+        agent: AgentIx,
+        payload: &[u8],
+        cx: &mut Cx<'_>,
+    ) -> bool {
+        (**self).send_media(now, agent, payload, cx)
+    }
+    fn shutdown(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        (**self).shutdown(now, cx)
+    }
+    fn is_shut_down(&self) -> bool {
+        (**self).is_shut_down()
+    }
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum AgentState {
     Idle,
@@ -257,6 +295,23 @@ impl Core {
         self.stats.ice_restarts += 1;
     }
 
+    /// An agent's selected pair stopped working.
+    pub fn ice_disconnected(&mut self) {
+        self.stats.ice_disconnects += 1;
+    }
+
+    /// A pair connected again, `after` its path was lost.
+    pub fn ice_recovered(&mut self, after: Duration) {
+        self.stats.ice_recovered += 1;
+        self.stats.recovery_ms.record_duration_ms(after);
+    }
+
+    /// The relay hops (0 to 2) of the path an agent just connected on; see
+    /// [`Stats::relay_hops`].
+    pub fn relay_hops(&mut self, hops: u64) {
+        self.stats.relay_hops += hops;
+    }
+
     /// The agent starts sending probes to its partner now (until the plan's end of sending).
     pub fn start_media(&mut self, agent: AgentIx, now: Instant) {
         if !self.is_connected(agent) || now >= self.plan.send_end {
@@ -268,6 +323,14 @@ impl Core {
             }
         } else {
             self.pacer.push(Reverse((now + self.phase(agent), agent)));
+            let from = now.max(self.plan.hold_start);
+            let due = self
+                .plan
+                .send_end
+                .saturating_duration_since(from)
+                .as_secs_f64()
+                * f64::from(self.plan.media.rate);
+            self.stats.traffic.window_asked += due.round() as u64;
         }
     }
 
@@ -338,6 +401,9 @@ impl Core {
 
     fn sent(&mut self, now: Instant, ok: bool, len: usize) {
         let t = &mut self.stats.traffic;
+        if now >= self.plan.hold_start {
+            t.window_attempted += 1;
+        }
         if ok {
             t.sent += 1;
             t.bytes_sent += len as u64;
@@ -756,6 +822,9 @@ mod tests {
         assert_eq!(s.traffic.unique, 600);
         assert_eq!(s.traffic.lost(), 0);
         assert_eq!(s.traffic.window_received, 600);
+        // Due and tried: everything, the generator never fell behind.
+        assert_eq!(s.traffic.window_asked, 600);
+        assert_eq!(s.traffic.window_attempted, 600);
         assert_eq!((s.agents, s.connected, s.failed), (6, 6, 0));
         assert_eq!(s.setup_ms.count(), 6);
         assert_eq!(s.latency_us.quantile(0.5), 200);

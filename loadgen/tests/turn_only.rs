@@ -1,151 +1,15 @@
-//! loadgen against the real relay: `target/<profile>/uturn` started on free loopback ports with
-//! `--allow-loopback-peers`, driven through loadgen's library entry point (and, for the exit
-//! codes, its binary).
-//!
-//! The relay binary belongs to another package of the workspace, so Cargo does not build it for
-//! this test and `CARGO_BIN_EXE_uturn` does not exist here. The test looks for it next to its
-//! own executable's target directory (`$CARGO_TARGET_DIR` or `<workspace>/target`, same
-//! profile) and, when it is missing, builds it once with `cargo build -p uturn --bin uturn`
-//! (`$CARGO` is the cargo running the test). Tests share one lock so that two loads never
-//! compete for the CPU.
+//! loadgen against the real relay (turn-only mode): `target/<profile>/uturn` started on free
+//! loopback ports with `--allow-loopback-peers` (see `common/mod.rs`), driven through loadgen's
+//! library entry point (and, for the exit codes, its binary).
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use loadgen::cli::{Args, Config};
+use common::*;
 use loadgen::preflight::PreflightError;
 use loadgen::run::{self, RunError};
-
-const REALM: &str = "loadgen.test";
-const USER: &str = "lg";
-const PASS: &str = "pass-word";
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The relay binary, built if needed.
-fn uturn_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // This test runs from <target>/<profile>/deps/turn_only-<hash>.
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-        let bin = profile_dir.join("uturn");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "uturn", "--bin", "uturn"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-            if release {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build -p uturn");
-            assert!(status.success(), "cargo build -p uturn failed");
-        }
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A relay process, killed on drop.
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Relay {
-    fn start() -> Relay {
-        let port = free_udp_port();
-        // Relay ports: a block below the ephemeral range, away from the listening port and
-        // from the emulated NATs' 20000-32767, different per test process.
-        let base = 10_000 + (std::process::id() % 8) as u16 * 1000;
-        let child = Command::new(uturn_bin())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--relay-ip",
-                "127.0.0.1",
-                "--relay-ports",
-                &format!("{base}-{}", base + 999),
-                "--realm",
-                REALM,
-                "--user",
-                &format!("{USER}:{PASS}"),
-                "--allow-loopback-peers",
-                "--threads",
-                "1",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start uturn");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let relay = Relay { child, addr };
-        // Ready when a preflight passes (bounded: 10 s).
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            match loadgen::preflight::run(addr, &creds(PASS)) {
-                Ok(_) => break,
-                Err(e) if Instant::now() > until => panic!("relay not ready: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        relay
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn creds(pass: &str) -> loadgen::turn_only::Credentials {
-    loadgen::turn_only::Credentials {
-        username: USER.into(),
-        password: pass.into(),
-        realm: REALM.into(),
-    }
-}
-
-fn config(server: SocketAddr, extra: &[&str]) -> Config {
-    let server = server.to_string();
-    let user = format!("{USER}:{PASS}");
-    let mut argv = vec![
-        "loadgen", "--server", &server, "--realm", REALM, "--user", &user, "--quiet",
-    ];
-    argv.extend_from_slice(extra);
-    Config::from_args(Args::try_parse_from(argv).unwrap()).unwrap()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 #[test]
 fn two_hundred_clients_relay_to_each_other_without_loss() {

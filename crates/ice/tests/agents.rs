@@ -647,3 +647,76 @@ fn remote_candidates_are_checked_before_use() {
         )
         .is_err());
 }
+
+#[test]
+fn close_deletes_the_allocations_and_silences_the_agent() {
+    let mut spec = [Spec::new(true), Spec::new(false)];
+    for (i, s) in spec.iter_mut().enumerate() {
+        s.lan = i as u8 + 1;
+        s.nat = true;
+        s.servers = true;
+    }
+    let mut net = Net::new(spec);
+    assert!(net.run_until(SECS(10), Net::both_connected));
+    assert_eq!(net.server.stats().allocations_active, 2);
+    let now = net.now;
+    for h in &mut net.hosts {
+        h.agent.close(now);
+        assert_eq!(h.agent.state(), State::Closed);
+        assert!(!h.agent.is_closed(), "the deletion is still outstanding");
+    }
+    let events_before: Vec<usize> = net.hosts.iter().map(|h| h.events.len()).collect();
+    assert!(net.run_until(SECS(5), |n| n.hosts.iter().all(|h| h.agent.is_closed())));
+    // RFC 8656 section 7: a Refresh with lifetime 0 deleted both allocations at once.
+    assert_eq!(net.server.stats().allocations_active, 0);
+    // No event, nothing to send, no data, no timer, and a restart changes nothing.
+    let after: Vec<usize> = net.hosts.iter().map(|h| h.events.len()).collect();
+    assert_eq!(after, events_before);
+    assert!(!net.send_data(0, b"x"));
+    net.hosts[0].agent.restart(now, None);
+    assert_eq!(net.hosts[0].agent.state(), State::Closed);
+    net.run_for(SECS(60));
+    for h in &mut net.hosts {
+        let mut buf = [0u8; 1500];
+        assert_eq!(h.agent.poll_transmit(&mut buf), None);
+        assert_eq!(h.agent.poll_timeout(), None);
+    }
+}
+
+#[test]
+fn a_direct_path_found_late_still_beats_the_relay() {
+    // Agent 1 is behind a symmetric NAT (a new port per destination): agent 0's check to its
+    // server-reflexive address is answered from another port and fails at once (RFC 8445
+    // section 7.2.5.2.1); the direct path can only show up as the peer-reflexive source of agent
+    // 1's own checks, and those are lost for the first 400 ms. Agent 0's check to agent 1's
+    // relay succeeds long before: it must not settle for the relay while a direct path may still
+    // appear. Host candidates are mDNS names that do not resolve across LANs, as in a browser,
+    // so no unreachable host pair keeps the checklist busy either.
+    let mut spec = [Spec::new(true), Spec::new(false)];
+    for (i, s) in spec.iter_mut().enumerate() {
+        s.lan = i as u8 + 1;
+        s.nat = true;
+        s.servers = true;
+        s.mdns = true;
+    }
+    spec[1].symmetric = true;
+    let mut net = Net::new(spec);
+    let (t0, a) = (net.t0, net.hosts[0].public.unwrap());
+    let b_ip = net.hosts[1].public.unwrap().ip();
+    let is_request = |b: &[u8]| b.len() > 2 && b[0] == 0 && b[1] == 1;
+    net.drop = Box::new(move |d| {
+        d.from.ip() == b_ip
+            && d.to == a
+            && is_request(&d.bytes)
+            && d.at < t0 + Duration::from_millis(400)
+    });
+    assert!(net.run_until(SECS(10), Net::both_connected));
+    let s = selected(&net, 0);
+    assert_eq!(
+        (s.local_kind, s.remote_kind),
+        (CandidateKind::ServerReflexive, CandidateKind::PeerReflexive),
+        "{s:?}"
+    );
+    assert_eq!(s.remote.ip(), b_ip);
+    exchange_data(&mut net);
+}

@@ -11,9 +11,11 @@ use uturn_proto::stun::{Class, Message, Method, TransactionId};
 
 use super::{
     jittered, same_family, Agent, Check, CheckKind, Consent, Event, Ignored, Input, Live,
-    PendingAnswer, Remote, State, Step, Transmit, MAX_ANSWERS, MAX_PAIRS, MAX_REMOTES,
+    PendingAnswer, Remote, State, Step, Transmit, MAX_ANSWERS, MAX_PAIRS, MAX_PRFLX_PER_LOCAL,
+    MAX_REMOTES,
 };
 use crate::candidate::{candidate_priority, pair_priority, CandidateKind, COMPONENT};
+use crate::config::Policy;
 use crate::message::{
     encode_answer, encode_request, validate_request, validate_response, Answer, CheckRequest, Role,
     MAX_CHECK_LEN, ROLE_CONFLICT,
@@ -164,8 +166,18 @@ impl Agent {
 
         // Section 7.3.1.3: a source address the peer never signalled is a peer-reflexive
         // candidate, with the priority the check carries.
+        //
+        // At most MAX_PRFLX_PER_LOCAL of them per local candidate, though: behind NATs with
+        // address- and port-dependent mapping on both sides (and endpoint-independent filtering),
+        // every check leaves by a new port, so each triggered check teaches the peer a new
+        // candidate whose triggered check teaches this agent another, forever. Such a storm would
+        // take every Ta slot (triggered checks go first, section 6.1.4.2), so that the relayed
+        // pairs, the only ones that can work there, were never checked, and it would fill the
+        // remote table, so that the pair the peer nominates could not be recorded. Past the
+        // limit the check is still answered, but teaches nothing.
         let remote = match self.remotes.iter().position(|r| r.addr == from) {
             Some(r) => Some(r),
+            None if self.peer_reflexive_on(local) >= MAX_PRFLX_PER_LOCAL => None,
             None => self.add_remote(now, from, req.priority, CandidateKind::PeerReflexive, false),
         };
         let Some(p) = remote.and_then(|r| self.add_pair(now, local, r)) else {
@@ -192,6 +204,18 @@ impl Agent {
             }
         }
         Input::Handled
+    }
+
+    /// Peer-reflexive remote candidates learned from checks that arrived on local candidate
+    /// `local` (each is paired with that candidate only, section 7.3.1.3).
+    fn peer_reflexive_on(&self, local: usize) -> usize {
+        self.pairs
+            .iter()
+            .filter(|p| {
+                usize::from(p.local) == local
+                    && self.remotes[usize::from(p.remote)].kind == CandidateKind::PeerReflexive
+            })
+            .count()
     }
 
     fn queue_answer(&mut self, tid: TransactionId, local: usize, to: SocketAddr, answer: Answer) {
@@ -659,8 +683,24 @@ impl Agent {
         let better_pending = self.pairs.iter().any(|p| {
             matches!(p.state, PairState::Waiting | PairState::InProgress) && p.priority > best_prio
         });
-        let complete =
-            self.gathering == Step::Done && self.remote_gathering_done && !better_pending;
+        // A relayed pair is settled for early only when no direct pair can appear any more. A
+        // direct path through NATs whose mappings depend on the destination shows up late: as
+        // the peer-reflexive candidate of the peer's triggered check, after this agent's own
+        // check to the peer's server-reflexive address failed (the answer came back from another
+        // port). Nominating the relay the moment its check succeeds would race that discovery,
+        // so the relay waits for `nomination_delay` unless one side offers nothing but relays.
+        let best_pair = &self.pairs[best];
+        let relayed = self.locals[usize::from(best_pair.local)].kind == CandidateKind::Relayed
+            || self.remotes[usize::from(best_pair.remote)].kind == CandidateKind::Relayed;
+        let direct_possible = self.config.policy == Policy::All
+            && self
+                .remotes
+                .iter()
+                .any(|r| r.kind != CandidateKind::Relayed);
+        let complete = self.gathering == Step::Done
+            && self.remote_gathering_done
+            && !better_pending
+            && !(relayed && direct_possible);
         if complete || settled {
             let best = best as u16;
             self.nominating = Some(best);
@@ -753,5 +793,54 @@ impl Agent {
         }
         self.state = State::Failed;
         self.emit(Event::Failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+    use crate::message::{encode_request, CheckRequest, Role};
+    use crate::Agent;
+
+    #[test]
+    fn a_storm_of_new_sources_teaches_a_bounded_number_of_candidates() {
+        let t0 = Instant::now();
+        let mut agent = Agent::new(AgentConfig::new(false, [3; 32])).unwrap();
+        let base: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        agent.add_host(base, None).unwrap();
+        agent.gather(t0);
+        agent
+            .set_remote_credentials("peer", "peerpassword0123456789xx")
+            .unwrap();
+        let creds = agent.local_credentials().clone();
+        let (mut buf, mut out) = ([0u8; 1500], [0u8; 1500]);
+        let req = CheckRequest {
+            priority: 1000,
+            role: Role::Controlling(1),
+            use_candidate: false,
+        };
+        // Forty checks, each from a port never seen before, as two APDM NATs make them.
+        for i in 0..40u16 {
+            let from = SocketAddr::from(([192, 0, 2, 1], 20000 + i));
+            let tid = TransactionId([i as u8; 12]);
+            let n =
+                encode_request(&mut buf, tid, "peer", creds.ufrag(), creds.pwd(), &req).unwrap();
+            assert_eq!(
+                agent.handle_input(t0, base, from, &buf[..n]),
+                Input::Handled
+            );
+            // Answered all the same (RFC 8445 section 7.3.1.2).
+            let mut answered = false;
+            while let Some(t) = agent.poll_transmit(&mut out) {
+                let m = Message::parse(&out[..t.len]).unwrap();
+                answered |=
+                    t.to == from && m.class() == Class::Success && m.transaction_id() == tid;
+            }
+            assert!(answered, "check {i} answered");
+        }
+        assert_eq!(agent.stats().checks_received, 40);
+        assert_eq!(agent.stats().peer_reflexive, MAX_PRFLX_PER_LOCAL as u64);
+        assert_eq!(agent.remotes.len(), MAX_PRFLX_PER_LOCAL);
     }
 }

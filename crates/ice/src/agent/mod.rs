@@ -43,6 +43,9 @@ pub const MAX_LOCALS: usize = 16;
 /// The most remote candidates: signalled plus peer-reflexive. Both grow only on signalling or
 /// on checks that passed MESSAGE-INTEGRITY, and are bounded anyway.
 pub const MAX_REMOTES: usize = 32;
+/// The most peer-reflexive remote candidates learned from checks arriving on one local
+/// candidate (see `on_request` for the storm this stops).
+pub const MAX_PRFLX_PER_LOCAL: usize = 8;
 /// The most candidate pairs (RFC 8445 section 6.1.2.5 suggests a limit of 100 in all).
 pub const MAX_PAIRS: usize = 64;
 /// The most checks (connectivity and consent) outstanding at once.
@@ -65,6 +68,9 @@ pub enum State {
     Disconnected,
     /// Every pair failed and both sides finished gathering.
     Failed,
+    /// [`Agent::close`] was called: nothing is checked, answered or sent any more, except the
+    /// requests that delete the TURN allocations.
+    Closed,
 }
 
 /// The pair the agent sends on, as reported in [`Event::Connected`].
@@ -570,6 +576,9 @@ impl Agent {
     /// rebinding). The peer must restart too: restart both agents before passing either one's
     /// new credentials and candidates, or the peer's restart would forget what it was told.
     pub fn restart(&mut self, now: Instant, credentials: Option<Credentials>) {
+        if self.state == State::Closed {
+            return;
+        }
         self.now = Some(now);
         self.local_creds = match credentials {
             Some(c) => c,
@@ -590,6 +599,53 @@ impl Agent {
         self.state = State::Checking;
         self.stats.restarts += 1;
         self.regather(now);
+    }
+
+    /// Ends the session for good: every candidate, pair and check is forgotten (the peer's
+    /// checks are no longer answered) and each TURN allocation is deleted with a Refresh of
+    /// lifetime 0 (RFC 8656 section 7), so that the server frees the relayed address now rather
+    /// than when the lifetime runs out. Keep calling [`Agent::poll_transmit`],
+    /// [`Agent::handle_input`] and [`Agent::handle_timeout`] until [`Agent::is_closed`]. No
+    /// event follows, and [`Agent::restart`] does nothing any more.
+    pub fn close(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.state = State::Closed;
+        self.locals.clear();
+        self.remotes.clear();
+        self.pairs.clear();
+        self.triggered.clear();
+        self.answers.clear();
+        self.events.clear();
+        self.checks = Self::check_table(&self.config);
+        self.selected = None;
+        self.nominating = None;
+        self.nominate_at = None;
+        self.consent = None;
+        self.gathering = Step::Done;
+        for b in &mut self.bases {
+            // A pending Binding has nothing left to tell.
+            b.stun = None;
+            b.srflx = Step::Done;
+            b.relay = Step::Done;
+            let Some(turn) = b.turn.as_deref_mut() else {
+                continue;
+            };
+            if turn.allocation().is_none() || turn.deallocate(now).is_err() {
+                // Nothing granted (or a request table too full to say goodbye): the server's
+                // lifetime will reclaim whatever it holds.
+                b.turn = None;
+            }
+        }
+    }
+
+    /// After [`Agent::close`]: every deletion was answered or given up on.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+            && self.bases.iter().all(|b| {
+                b.turn
+                    .as_deref()
+                    .is_none_or(|t| t.allocation().is_none() || t.outstanding() == 0)
+            })
     }
 
     // -----------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //!
 //! Addresses: agent `i` on LAN `l` is `10.0.l.(i+1):5000`; behind a NAT its packets to the
 //! outside leave from `192.0.2.(i+1):5000` (port-preserving, endpoint-independent mapping and
-//! filtering). A private address is reachable only from the same LAN. The TURN server is
+//! filtering), or with `Spec::symmetric` from `192.0.2.(i+1):(5000 + k)` for the k-th destination
+//! it sent to (address- and port-dependent mapping, still endpoint-independent filtering). A private address is reachable only from the same LAN. The TURN server is
 //! `203.0.113.1:3478` and relays from `198.51.100.1:50000-50999`.
 
 #![allow(dead_code)]
@@ -105,6 +106,8 @@ pub struct Spec {
     pub servers: bool,
     pub tie_breaker: Option<u64>,
     pub seed: u8,
+    /// Behind the NAT: a new public port per destination (RFC 4787 APDM).
+    pub symmetric: bool,
 }
 
 impl Spec {
@@ -118,6 +121,7 @@ impl Spec {
             servers: false,
             tie_breaker: None,
             seed: if controlling { 1 } else { 2 },
+            symmetric: false,
         }
     }
 }
@@ -134,6 +138,9 @@ pub struct Host {
     pub events: Vec<(Duration, Event)>,
     /// Every candidate line signalled.
     pub lines: Vec<String>,
+    /// With `Spec::symmetric`: the destinations sent to, in order; the k-th one's mapping is
+    /// public port 5000 + k.
+    pub symmetric: Option<Vec<SocketAddr>>,
 }
 
 impl Host {
@@ -222,6 +229,7 @@ impl Net {
                 received: Vec::new(),
                 events: Vec::new(),
                 lines: Vec::new(),
+                symmetric: s.symmetric.then(Vec::new),
             });
         }
         let mut net = Net {
@@ -371,6 +379,20 @@ impl Net {
             Some(h) if !is_private(to.ip()) => h.public.unwrap_or(from),
             _ => from,
         };
+        // A symmetric NAT: a public port per destination.
+        let from = match self.hosts.iter_mut().find(|h| h.public == Some(from)) {
+            Some(Host {
+                symmetric: Some(dests),
+                ..
+            }) => {
+                let k = dests.iter().position(|d| *d == to).unwrap_or_else(|| {
+                    dests.push(to);
+                    dests.len() - 1
+                });
+                SocketAddr::new(from.ip(), 5000 + k as u16)
+            }
+            _ => from,
+        };
         if to == server_addr() && (0x40..=0x4F).contains(&bytes[0]) {
             self.channel_data_to_server += 1;
         }
@@ -431,10 +453,11 @@ impl Net {
             }
             return;
         }
-        let target = self
-            .hosts
-            .iter()
-            .position(|h| h.base == d.to || h.public == Some(d.to));
+        let target = self.hosts.iter().position(|h| {
+            h.base == d.to
+                || h.public == Some(d.to)
+                || (h.symmetric.is_some() && h.public.map(|p| p.ip()) == Some(d.to.ip()))
+        });
         let Some(i) = target else {
             self.dropped += 1;
             return;
