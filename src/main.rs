@@ -99,6 +99,20 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
         }
         listeners.push(sockets);
     }
+    if let Some(first) = listeners.first().and_then(|l| l.first()) {
+        // Linux reports twice the size asked for (bookkeeping included).
+        let got = driver::recv_buffer_size(first) / 2;
+        if got < driver::LISTENER_BUFFER {
+            tracing::warn!(
+                asked = driver::LISTENER_BUFFER,
+                got,
+                "listening socket receive buffer capped by net.core.rmem_max: bursts may be \
+                 dropped; see tuning/99-uturn.conf"
+            );
+        } else {
+            tracing::info!(bytes = got, "listening socket buffers");
+        }
+    }
     let mut workers = Vec::new();
     for (i, sockets) in listeners.into_iter().enumerate() {
         let (control, control_rx) = bounded::<Control>(16);

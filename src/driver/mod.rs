@@ -39,7 +39,10 @@ mod sockaddr;
 pub mod uring;
 
 pub use pool::Packet;
-pub use sock::{bind_reuseport_udp, bind_udp, bind_udp_with, pin_current_thread, UdpOptions};
+pub use sock::{
+    bind_reuseport_udp, bind_udp, bind_udp_with, pin_current_thread, recv_buffer_size, UdpOptions,
+    LISTENER_BUFFER,
+};
 
 /// Free bytes in front of every received datagram (a minimum: see [`RecvPacket::range`]).
 pub const HEADROOM: usize = 64;

@@ -12,6 +12,10 @@ use super::SockId;
 pub fn bind_reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let sock = new_udp(addr)?;
     sock.set_reuse_port(true)?;
+    // Every client of a worker arrives on this one socket: a few milliseconds of the worker
+    // being descheduled must fit in its buffer, or the kernel drops (Udp RcvbufErrors). The
+    // default (net.core.rmem_default, ~208 KiB) holds 10-30 ms at 10k-50k pps.
+    grow_buffers(&sock, LISTENER_BUFFER);
     sock.bind(&addr.into())?;
     Ok(sock.into())
 }
@@ -70,6 +74,43 @@ fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Receive and send buffer asked for listening sockets.
+pub const LISTENER_BUFFER: usize = 4 << 20;
+
+/// Asks for `bytes` of socket buffer: SO_RCVBUFFORCE/SO_SNDBUFFORCE where the process may
+/// (CAP_NET_ADMIN), which ignores net.core.rmem_max; plain SO_RCVBUF/SO_SNDBUF otherwise, which
+/// the kernel caps at rmem_max/wmem_max (tuning/99-uturn.conf raises those). Best effort: a
+/// smaller buffer still works.
+fn grow_buffers(sock: &Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: a valid fd and a pointer to a c_int with its size, for the call only.
+        let set = |name| unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        };
+        if !set(force) {
+            set(plain);
+        }
+    }
+}
+
+/// The receive buffer the kernel actually gave a socket (twice the asked size, as Linux counts
+/// its bookkeeping), for the start-up log.
+pub fn recv_buffer_size(sock: &UdpSocket) -> usize {
+    socket2::SockRef::from(sock).recv_buffer_size().unwrap_or(0)
 }
 
 fn new_udp(addr: SocketAddr) -> io::Result<Socket> {
