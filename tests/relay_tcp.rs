@@ -519,3 +519,157 @@ fn ipv6_tcp(b: Backend) {
     data.write_all(b"v6 data").unwrap();
     assert_eq!(read_exact(&mut p, 7), b"v6 data");
 }
+
+// ---------------------------------------------------------------------------------------------
+// RFC 5780 NAT behaviour discovery over UDP.
+
+both_backends!(nat_discovery_answers_from_the_four_addresses);
+
+/// A UDP port free on both loopback addresses.
+fn port_free_on_both() -> u16 {
+    loop {
+        let p = free_udp_port(LOCALHOST_V4);
+        if UdpSocket::bind(SocketAddr::new(OTHER_LOOPBACK, p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A Binding request with CHANGE-REQUEST and RESPONSE-PORT as given; the answer, where it came
+/// from, and on which of the two client sockets.
+fn binding_5780(
+    a: &UdpSocket,
+    b: &UdpSocket,
+    to: SocketAddr,
+    change: Option<(bool, bool)>,
+    response_port: Option<u16>,
+) -> (Vec<u8>, SocketAddr, bool) {
+    use uturn_proto::stun::attr::{ChangeRequest, ResponsePort};
+    use uturn_proto::stun::{Class, Encoder, MessageType};
+    let mut buf = [0u8; 128];
+    let tid = TransactionId(rand::random());
+    let mut e = Encoder::new(
+        &mut buf,
+        MessageType::new(Method::BINDING, Class::Request),
+        tid,
+    )
+    .unwrap();
+    if let Some((change_ip, change_port)) = change {
+        e.add(&ChangeRequest {
+            change_ip,
+            change_port,
+        })
+        .unwrap();
+    }
+    if let Some(p) = response_port {
+        e.add(&ResponsePort(p)).unwrap();
+    }
+    e.fingerprint().unwrap();
+    let n = e.finish();
+    a.send_to(&buf[..n], to).unwrap();
+    for (sock, on_a) in [(a, true), (b, false)] {
+        if let Some((bytes, from)) = recv_within(sock, Duration::from_millis(700)) {
+            let m = uturn_proto::stun::Message::parse(&bytes).expect("STUN answer");
+            assert_eq!(m.transaction_id(), tid);
+            return (bytes, from, on_a);
+        }
+    }
+    panic!("no answer to the Binding request (change {change:?}, port {response_port:?})");
+}
+
+fn nat_discovery_answers_from_the_four_addresses(b: Backend) {
+    use uturn_proto::stun::attr::{ErrorCode, OtherAddress, ResponseOrigin, XorMappedAddress};
+    use uturn_proto::stun::{Class, Message};
+    let alt_port = port_free_on_both();
+    let mut o = options(b);
+    o.extra_toml = format!(
+        "nat_discovery = {{ alternate_ip = \"{OTHER_LOOPBACK}\", alternate_port = {alt_port} }}\n"
+    );
+    let relay = o.start();
+    let primary = relay.listen;
+    let client_a = peer_socket(LOCALHOST_V4);
+    let client_b = peer_socket(LOCALHOST_V4);
+    let other = SocketAddr::new(OTHER_LOOPBACK, alt_port);
+
+    // RFC 5780 section 7.3: OTHER-ADDRESS and RESPONSE-ORIGIN in every Binding response.
+    let cases = [
+        (None, primary),
+        (Some((false, false)), primary),
+        (Some((false, true)), SocketAddr::new(primary.ip(), alt_port)),
+        (
+            Some((true, false)),
+            SocketAddr::new(OTHER_LOOPBACK, primary.port()),
+        ),
+        (Some((true, true)), other),
+    ];
+    for (change, expected_from) in cases {
+        let (bytes, from, on_a) = binding_5780(&client_a, &client_b, primary, change, None);
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.class(), Class::Success, "{change:?}");
+        assert_eq!(
+            from, expected_from,
+            "CHANGE-REQUEST {change:?} answered from"
+        );
+        assert!(on_a);
+        let origin = m
+            .get::<ResponseOrigin>()
+            .unwrap()
+            .expect("RESPONSE-ORIGIN")
+            .0;
+        assert_eq!(
+            origin, expected_from,
+            "RESPONSE-ORIGIN is the answering socket"
+        );
+        let o = m.get::<OtherAddress>().unwrap().expect("OTHER-ADDRESS").0;
+        assert_eq!(o, other, "OTHER-ADDRESS is the alternate IP and port");
+        let mapped = m.get::<XorMappedAddress>().unwrap().expect("mapped").0;
+        assert_eq!(mapped, client_a.local_addr().unwrap());
+    }
+    // A request to the alternate address names the primary as the other one.
+    let (bytes, from, _) = binding_5780(&client_a, &client_b, other, None, None);
+    assert_eq!(from, other);
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(m.get::<OtherAddress>().unwrap().unwrap().0, primary);
+
+    // RESPONSE-PORT (section 7.5): the answer goes to that port of the client's address.
+    let b_port = client_b.local_addr().unwrap().port();
+    let (_, from, on_a) = binding_5780(&client_a, &client_b, primary, None, Some(b_port));
+    assert!(!on_a, "answered to the RESPONSE-PORT");
+    assert_eq!(from, primary);
+
+    // Over TCP an answer cannot come from elsewhere: 400.
+    let mut c = client(&relay, None);
+    let mut buf = [0u8; 64];
+    let mut e = uturn_proto::stun::Encoder::new(
+        &mut buf,
+        uturn_proto::stun::MessageType::new(Method::BINDING, Class::Request),
+        TransactionId([3; 12]),
+    )
+    .unwrap();
+    e.add(&uturn_proto::stun::attr::ChangeRequest {
+        change_ip: true,
+        change_port: false,
+    })
+    .unwrap();
+    let n = e.finish();
+    c.conn.write_all(&buf[..n]).unwrap();
+    let head = c.conn.read_exact_within(20);
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut msg = head;
+    msg.extend(c.conn.read_exact_within(len));
+    let m = Message::parse(&msg).unwrap();
+    assert_eq!(m.class(), Class::Error);
+    assert_eq!(m.get::<ErrorCode<'_>>().unwrap().unwrap().code, 400);
+
+    // Off by default: CHANGE-REQUEST is an unknown comprehension-required attribute (420).
+    let plain = RelayOptions::new(b).start();
+    let (bytes, _, _) = binding_5780(&client_a, &client_b, plain.listen, Some((true, true)), None);
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(m.get::<ErrorCode<'_>>().unwrap().unwrap().code, 420);
+    let (bytes, _, _) = binding_5780(&client_a, &client_b, plain.listen, None, None);
+    let m = Message::parse(&bytes).unwrap();
+    assert!(
+        m.get::<OtherAddress>().unwrap().is_none(),
+        "no OTHER-ADDRESS when off"
+    );
+}
