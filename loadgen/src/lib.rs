@@ -9,6 +9,7 @@
 //! - [`turn_only`]: the turn-only scenario (TURN clients in relayed pairs).
 //! - [`natcheck`]: `loadgen natcheck`, the NAT's mapping and filtering (RFC 5780).
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
+//! - [`stream_leg`]: `--transport tcp|tls`, agents' TURN clients on TCP or TLS connections.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
 
 pub mod cli;
@@ -21,5 +22,6 @@ pub mod preflight;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod stream_leg;
 pub mod turn_only;
 pub mod worker;

@@ -15,6 +15,7 @@ use crate::nat::network::MAX_LANS;
 use crate::preflight::{self, Preflight, PreflightError};
 use crate::report::{DriverCounters, Measured, Report, RunConfig};
 use crate::stats::{Clock, Stats, Timeline};
+use crate::stream_leg::{self, Transport};
 use crate::turn_only::{TurnOnly, TurnOnlyConfig};
 use crate::worker::{self, Media, Plan, Worker};
 
@@ -68,7 +69,10 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         return Err(RunError::IceUnavailable);
     }
     cli::check_open_files(config)?;
-    let pre = preflight::run(config.server, &config.credentials)?;
+    let pre = match config.transport {
+        Transport::Udp => preflight::run(config.server, &config.credentials)?,
+        t => stream_leg::preflight(config.server, &config.credentials, t, config.tls.as_ref())?,
+    };
     if !config.quiet {
         eprintln!(
             "preflight: {} answers (binding {:.1} ms), allocation granted in {:.1} ms at {}, loopback peers allowed",
@@ -140,6 +144,8 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             credentials: config.credentials.clone(),
             nat: config.nat,
             seed: rand::random(),
+            transport: config.transport,
+            tls: config.tls.clone(),
         });
         let (control, control_rx) = bounded::<Control>(4);
         let tx = report_tx.clone();
@@ -212,6 +218,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
                 cli::Policy::All => "all".into(),
                 cli::Policy::Relay => "relay".into(),
             },
+            transport: config.transport.name().into(),
         },
         &stats,
         Measured {
