@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,6 +15,7 @@ use uturn_proto::turn::auth::Credentials;
 use uturn_proto::turn::policy::{Cidr, PeerPolicy, PeerPolicyConfig};
 
 use crate::driver::Backend;
+use crate::stream_conn::StreamLimits;
 
 /// The configuration used when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -28,6 +30,24 @@ pub struct Cli {
     /// UDP listening address (repeatable).
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
+    /// TURN over TCP listening address (repeatable; RFC 8656 section 3.1, port 3478).
+    #[arg(long = "listen-tcp", value_name = "ADDR:PORT")]
+    pub listen_tcp: Vec<String>,
+    /// TURN over TLS listening address (repeatable; port 5349). Needs --tls-cert and --tls-key.
+    #[arg(long = "listen-tls", value_name = "ADDR:PORT")]
+    pub listen_tls: Vec<String>,
+    /// PEM certificate chain for TLS, leaf first.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// RFC 5780 NAT behaviour discovery: the second IP address to answer from (off without it).
+    #[arg(long = "alternate-ip", value_name = "IP")]
+    pub alternate_ip: Option<String>,
+    /// RFC 5780: the second port to answer from (with --alternate-ip).
+    #[arg(long = "alternate-port", value_name = "PORT")]
+    pub alternate_port: Option<u16>,
     /// Relay address, at most one IPv4 and one IPv6 (repeatable).
     #[arg(long = "relay-ip", value_name = "IP")]
     pub relay_ip: Vec<String>,
@@ -69,6 +89,12 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<Vec<String>>,
+    pub listen_tcp: Option<Vec<String>>,
+    pub listen_tls: Option<Vec<String>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `nat_discovery = { alternate_ip = "...", alternate_port = N }`.
+    pub nat_discovery: Option<NatDiscoveryFile>,
     pub relay_ip: Option<Vec<String>>,
     pub relay_ports: Option<String>,
     pub realm: Option<String>,
@@ -93,6 +119,45 @@ pub struct FileConfig {
     pub bandwidth_limit: Option<u64>,
     pub software: Option<String>,
     pub mapped_address: Option<bool>,
+    /// RFC 6062: seconds a Connect may take (at least 30), and data connections per allocation.
+    pub tcp_connect_timeout: Option<u64>,
+    pub max_tcp_connections_per_allocation: Option<usize>,
+    /// Client connections over TCP and TLS (seconds; bytes): see `StreamLimits`.
+    pub tcp_handshake_timeout: Option<u64>,
+    pub tcp_partial_timeout: Option<u64>,
+    pub tcp_idle_timeout: Option<u64>,
+    pub tcp_stall_timeout: Option<u64>,
+    pub tcp_max_outbound: Option<usize>,
+}
+
+/// The `nat_discovery` table.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NatDiscoveryFile {
+    pub alternate_ip: Option<String>,
+    pub alternate_port: Option<u16>,
+}
+
+/// RFC 5780 NAT behaviour discovery: the primary UDP listening address and the alternates. Each
+/// worker listens on all four combinations of {primary, alternate} IP x {primary, alternate}
+/// port (RFC 5780 section 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatDiscoveryConfig {
+    pub primary: SocketAddr,
+    pub alternate_ip: IpAddr,
+    pub alternate_port: u16,
+}
+
+impl NatDiscoveryConfig {
+    /// The three listening addresses besides the primary: other port, other IP, both.
+    pub fn extra_listeners(&self) -> [SocketAddr; 3] {
+        let p = self.primary;
+        [
+            SocketAddr::new(p.ip(), self.alternate_port),
+            SocketAddr::new(self.alternate_ip, p.port()),
+            SocketAddr::new(self.alternate_ip, self.alternate_port),
+        ]
+    }
 }
 
 /// A configuration error: which key, and why.
@@ -130,6 +195,8 @@ pub struct Limits {
     pub bandwidth_limit: Option<u64>,
     pub software: Option<String>,
     pub mapped_address: bool,
+    pub tcp_connect_timeout: Duration,
+    pub max_tcp_connections_per_allocation: usize,
 }
 
 /// A validated configuration.
@@ -137,6 +204,13 @@ pub struct Limits {
 pub struct Settings {
     pub config_file: Option<PathBuf>,
     pub listen: Vec<SocketAddr>,
+    pub listen_tcp: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    /// The TLS configuration, built from `tls_cert` and `tls_key` when TLS listens.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub nat_discovery: Option<NatDiscoveryConfig>,
+    /// Bounds and timers of every client connection over TCP and TLS.
+    pub stream_limits: StreamLimits,
     pub relay_v4: Option<IpAddr>,
     pub relay_v6: Option<IpAddr>,
     pub relay_ports: RangeInclusive<u16>,
@@ -158,6 +232,16 @@ impl Settings {
     pub fn credentials(&self) -> Result<Credentials, ConfigError> {
         Credentials::new(&self.realm, self.users.iter().cloned(), self.secrets.iter())
             .map_err(|e| err("user", e.to_string()))
+    }
+
+    /// Every UDP listening address of a worker, in the order of their socket ids: the `listen`
+    /// addresses, then the three RFC 5780 alternates when NAT discovery is on.
+    pub fn udp_listeners(&self) -> Vec<SocketAddr> {
+        self.listen
+            .iter()
+            .copied()
+            .chain(self.nat_discovery.iter().flat_map(|n| n.extra_listeners()))
+            .collect()
     }
 
     pub fn peer_policy(&self) -> PeerPolicy {
@@ -263,6 +347,32 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
     if listen.is_empty() {
         return Err(err("listen", "no listening address"));
     }
+    // The embedded default's TCP listeners go with its UDP ones: `--listen` alone means UDP.
+    let default_tcp = from_file || cli.listen.is_empty();
+    let listen_tcp = stream_listeners(
+        "listen_tcp",
+        &cli.listen_tcp,
+        f.listen_tcp.filter(|_| default_tcp),
+        from_file,
+    )?;
+    let listen_tls = stream_listeners("listen_tls", &cli.listen_tls, f.listen_tls, from_file)?;
+    if let Some(a) = listen_tcp.iter().find(|a| listen_tls.contains(a)) {
+        return Err(err(
+            "listen_tls",
+            format!("{a} is a TCP listening address too"),
+        ));
+    }
+    let tls_cert = cli.tls_cert.clone().or(f.tls_cert);
+    let tls_key = cli.tls_key.clone().or(f.tls_key);
+    let tls = match (listen_tls.is_empty(), tls_cert, tls_key) {
+        (true, _, _) => None,
+        (false, Some(cert), Some(key)) => Some(
+            crate::tls::server_config_from_files(&cert, &key)
+                .map_err(|e| err("tls_cert", e.to_string()))?,
+        ),
+        (false, None, _) => return Err(err("tls_cert", "required with listen_tls")),
+        (false, _, None) => return Err(err("tls_key", "required with listen_tls")),
+    };
 
     let mut relay_v4 = None;
     let mut relay_v6 = None;
@@ -309,8 +419,10 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
 
     let threads = match pick(cli.threads, f.threads) {
         Some(0) => return Err(err("threads", "must be at least 1")),
+        // An RFC 6062 CONNECTION-ID names its worker in one byte.
+        Some(n) if n > 256 => return Err(err("threads", "at most 256")),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
     };
     let nports = usize::from(*relay_ports.end() - *relay_ports.start()) + 1;
     if nports < threads {
@@ -319,7 +431,13 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
             format!("{nports} ports cannot be split between {threads} workers"),
         ));
     }
-    for a in &listen {
+    let nat_discovery = nat_discovery(cli, f.nat_discovery, &listen)?;
+    let all_udp: Vec<SocketAddr> = listen
+        .iter()
+        .copied()
+        .chain(nat_discovery.iter().flat_map(|n| n.extra_listeners()))
+        .collect();
+    for a in all_udp.iter().chain(&listen_tcp).chain(&listen_tls) {
         if relay_ports.contains(&a.port())
             && [relay_v4, relay_v6]
                 .iter()
@@ -386,7 +504,12 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
         allow: cidrs("allow_peer", pick_vec(&cli.allow_peer, f.allow_peer))?,
         deny: cidrs("deny_peer", pick_vec(&cli.deny_peer, f.deny_peer))?,
         allow_loopback: cli.allow_loopback_peers || f.allow_loopback_peers.unwrap_or(false),
-        listen: listen.clone(),
+        listen: all_udp
+            .iter()
+            .chain(&listen_tcp)
+            .chain(&listen_tls)
+            .copied()
+            .collect(),
         relay_ips: [relay_v4, relay_v6].into_iter().flatten().collect(),
         relay_ports: relay_ports.clone(),
     };
@@ -423,7 +546,41 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
         bandwidth_limit: f.bandwidth_limit,
         software: f.software,
         mapped_address: f.mapped_address.unwrap_or(false),
+        tcp_connect_timeout: Duration::from_secs(f.tcp_connect_timeout.unwrap_or(30)),
+        max_tcp_connections_per_allocation: f.max_tcp_connections_per_allocation.unwrap_or(64),
     };
+    let d = StreamLimits::default();
+    let stream_limits = StreamLimits {
+        max_outbound: f.tcp_max_outbound.unwrap_or(d.max_outbound),
+        handshake_timeout: secs(
+            "tcp_handshake_timeout",
+            f.tcp_handshake_timeout,
+            d.handshake_timeout.as_secs(),
+        )?,
+        partial_timeout: secs(
+            "tcp_partial_timeout",
+            f.tcp_partial_timeout,
+            d.partial_timeout.as_secs(),
+        )?,
+        idle_timeout: secs(
+            "tcp_idle_timeout",
+            f.tcp_idle_timeout,
+            d.idle_timeout.as_secs(),
+        )?,
+        stall_timeout: secs(
+            "tcp_stall_timeout",
+            f.tcp_stall_timeout,
+            d.stall_timeout.as_secs(),
+        )?,
+    };
+    // The largest message (64 KiB + header) must fit, or a client could never be answered.
+    if stream_limits.max_outbound < 70_000 {
+        return Err(err("tcp_max_outbound", "must be at least 70000 bytes"));
+    }
+    if limits.tcp_connect_timeout < Duration::from_secs(30) {
+        // RFC 6062 section 5.2: "MUST be at least 30 seconds".
+        return Err(err("tcp_connect_timeout", "must be at least 30 seconds"));
+    }
     if limits.max_lifetime < limits.default_lifetime {
         return Err(err("max_lifetime", "must not be below default_lifetime"));
     }
@@ -437,6 +594,11 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
     let s = Settings {
         config_file: cli.config.clone(),
         listen,
+        listen_tcp,
+        listen_tls,
+        tls,
+        nat_discovery,
+        stream_limits,
         relay_v4,
         relay_v6,
         relay_ports,
@@ -453,6 +615,88 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
     };
     s.credentials()?;
     Ok(s)
+}
+
+/// TCP or TLS listening addresses from the flag or the file. Like the UDP ones, the embedded
+/// default's IPv6 entries are kept only where IPv6 works.
+fn stream_listeners(
+    key: &str,
+    flag: &[String],
+    file: Option<Vec<String>>,
+    from_file: bool,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for s in pick_vec(flag, file) {
+        let a: SocketAddr = s
+            .parse()
+            .map_err(|_| err(key, format!("`{s}` is not ADDR:PORT")))?;
+        if a.port() == 0 {
+            return Err(err(key, format!("`{s}`: port 0 is not a listening port")));
+        }
+        if !from_file && flag.is_empty() && a.is_ipv6() && !ipv6_available() {
+            continue;
+        }
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// RFC 5780 mode: on only with an alternate IP address. The primary is the first UDP listening
+/// address of the alternate's family, which must be concrete (an answer has to come from a
+/// known address, RESPONSE-ORIGIN).
+fn nat_discovery(
+    cli: &Cli,
+    file: Option<NatDiscoveryFile>,
+    listen: &[SocketAddr],
+) -> Result<Option<NatDiscoveryConfig>, ConfigError> {
+    let file = file.unwrap_or_default();
+    let key = "nat_discovery";
+    let ip = cli.alternate_ip.clone().or(file.alternate_ip);
+    let port = cli.alternate_port.or(file.alternate_port);
+    let Some(ip) = ip else {
+        if port.is_some() {
+            return Err(err(key, "alternate_port needs alternate_ip"));
+        }
+        return Ok(None);
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| err(key, format!("alternate_ip `{ip}` is not an IP address")))?;
+    if ip.is_unspecified() {
+        return Err(err(key, "alternate_ip must be a concrete address"));
+    }
+    let Some(&primary) = listen.iter().find(|a| a.is_ipv4() == ip.is_ipv4()) else {
+        return Err(err(
+            key,
+            format!("no UDP listening address of the family of {ip}"),
+        ));
+    };
+    if primary.ip().is_unspecified() {
+        return Err(err(
+            key,
+            format!("the primary address {primary} must be concrete"),
+        ));
+    }
+    if primary.ip() == ip {
+        return Err(err(
+            key,
+            "alternate_ip must differ from the listening address",
+        ));
+    }
+    let port = port.unwrap_or(primary.port().wrapping_add(1).max(1));
+    if port == primary.port() || port == 0 {
+        return Err(err(
+            key,
+            format!("alternate_port {port} must differ from the listening port"),
+        ));
+    }
+    Ok(Some(NatDiscoveryConfig {
+        primary,
+        alternate_ip: ip,
+        alternate_port: port,
+    }))
 }
 
 fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, ConfigError> {
@@ -577,6 +821,110 @@ mod tests {
             assert_eq!(e.key, *key, "{text}: {e}");
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn tcp_tls_and_nat_discovery_settings() {
+        // The embedded default listens for TCP next to UDP, and not for TLS (no certificate).
+        let s = load(&cli(&["--threads", "1"])).unwrap();
+        assert!(s.listen_tcp.contains(&"127.0.0.1:3478".parse().unwrap()));
+        assert!(s.listen_tls.is_empty() && s.tls.is_none());
+        assert!(s.nat_discovery.is_none(), "RFC 5780 is off by default");
+        // `--listen` alone means UDP only.
+        let s = load(&cli(&["--threads", "1", "--listen", "127.0.0.1:4000"])).unwrap();
+        assert!(s.listen_tcp.is_empty());
+
+        let base =
+            "listen = [\"127.0.0.1:3478\"]\nuser = [\"a:b\"]\nrelay_ports = \"50000-50100\"\n";
+        let s = from_toml(
+            &format!("{base}listen_tcp = [\"127.0.0.1:3478\"]\nnat_discovery = {{ alternate_ip = \"127.0.0.2\", alternate_port = 3479 }}"),
+            &[],
+        )
+        .unwrap();
+        let nd = s.nat_discovery.unwrap();
+        assert_eq!(nd.primary, "127.0.0.1:3478".parse().unwrap());
+        assert_eq!(
+            s.udp_listeners(),
+            [
+                "127.0.0.1:3478",
+                "127.0.0.1:3479",
+                "127.0.0.2:3478",
+                "127.0.0.2:3479"
+            ]
+            .map(|a| a.parse::<SocketAddr>().unwrap())
+        );
+        // The flags do the same.
+        let s = from_toml(
+            base,
+            &["--alternate-ip", "127.0.0.3", "--alternate-port", "4000"],
+        )
+        .unwrap();
+        assert_eq!(s.udp_listeners()[3], "127.0.0.3:4000".parse().unwrap());
+        // The server's own TCP sockets are no peers.
+        let s = from_toml(
+            &format!("{base}listen_tcp = [\"127.0.0.1:3478\"]"),
+            &["--listen-tcp", "127.0.0.1:5000"],
+        )
+        .unwrap();
+        assert_eq!(
+            s.listen_tcp,
+            vec!["127.0.0.1:5000".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(s.policy.listen.contains(&"127.0.0.1:5000".parse().unwrap()));
+
+        // TLS: a certificate and key that load.
+        let ck = rcgen::generate_simple_self_signed(vec!["turn.test".into()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("uturn-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let tls = format!(
+            "{base}listen_tls = [\"127.0.0.1:5349\"]\ntls_cert = {cert:?}\ntls_key = {key:?}"
+        );
+        let s = from_toml(&tls, &[]).unwrap();
+        assert!(s.tls.is_some());
+        assert_eq!(
+            s.listen_tls,
+            vec!["127.0.0.1:5349".parse::<SocketAddr>().unwrap()]
+        );
+
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{base}listen_tcp = [\"nope\"]"), "listen_tcp"),
+            (format!("{base}listen_tls = [\"127.0.0.1:5349\"]"), "tls_cert"),
+            (
+                format!("{base}listen_tls = [\"127.0.0.1:5349\"]\ntls_cert = {cert:?}"),
+                "tls_key",
+            ),
+            (
+                format!("{base}listen_tls = [\"127.0.0.1:5349\"]\ntls_cert = {key:?}\ntls_key = {key:?}"),
+                "tls_cert",
+            ),
+            (
+                format!("{base}listen_tcp = [\"127.0.0.1:5349\"]\nlisten_tls = [\"127.0.0.1:5349\"]\ntls_cert = {cert:?}\ntls_key = {key:?}"),
+                "listen_tls",
+            ),
+            (format!("{base}listen_tcp = [\"127.0.0.1:50050\"]"), "relay_ports"),
+            (format!("{base}nat_discovery = {{ alternate_port = 3479 }}"), "nat_discovery"),
+            (format!("{base}nat_discovery = {{ alternate_ip = \"127.0.0.1\" }}"), "nat_discovery"),
+            (format!("{base}nat_discovery = {{ alternate_ip = \"::2\" }}"), "nat_discovery"),
+            (
+                format!("{base}nat_discovery = {{ alternate_ip = \"127.0.0.2\", alternate_port = 3478 }}"),
+                "nat_discovery",
+            ),
+            (format!("{base}nat_discovery = {{ alternate_ip = \"x\" }}"), "nat_discovery"),
+            (format!("{base}nat_discovery = {{ bogus = 1 }}"), "bogus"),
+            (format!("{base}tcp_connect_timeout = 5"), "tcp_connect_timeout"),
+            (format!("{base}tcp_max_outbound = 100"), "tcp_max_outbound"),
+            (format!("{base}tcp_idle_timeout = 0"), "tcp_idle_timeout"),
+            (format!("{base}threads = 300"), "threads"),
+        ];
+        for (text, key) in cases {
+            let e = from_toml(&text, &[]).expect_err(&text);
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -11,9 +11,10 @@ use crossbeam_channel::{bounded, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use uturn::config::{self, Cli, Settings};
 use uturn::driver::{self, Backend, Control, DriverConfig};
-use uturn::worker::{RelayWorker, Snapshot, WorkerMsg};
+use uturn::worker::{HandOff, RelayWorker, Snapshot, StreamSetup, WorkerMsg};
 use uturn_proto::turn::auth::NonceKey;
-use uturn_proto::turn::{Server, ServerConfig};
+use uturn_proto::turn::config::NatDiscovery;
+use uturn_proto::turn::{Server, ServerConfig, Transport};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -54,8 +55,9 @@ struct WorkerHandle {
 
 fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     let fds = uturn::limits::raise_nofile();
-    let relay_sockets =
-        uturn::limits::relay_socket_budget(fds, settings.threads, settings.listen.len());
+    let listeners =
+        settings.udp_listeners().len() + settings.listen_tcp.len() + settings.listen_tls.len();
+    let relay_sockets = uturn::limits::relay_socket_budget(fds, settings.threads, listeners);
     tracing::info!(
         open_files = fds,
         relay_sockets_per_worker = relay_sockets,
@@ -73,8 +75,11 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
 
     // A port another process holds is a clear error here, before the workers start: a plain
     // bind fails where SO_REUSEPORT would silently share the port with another relay.
-    for a in &settings.listen {
+    for a in settings.udp_listeners() {
         UdpSocket::bind(a).with_context(|| format!("listen {a}"))?;
+    }
+    for a in settings.listen_tcp.iter().chain(&settings.listen_tls) {
+        std::net::TcpListener::bind(a).with_context(|| format!("listen (TCP) {a}"))?;
     }
 
     let nonce_key = NonceKey::new(rand::random());
@@ -91,15 +96,33 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     // steers a client by hashing its address over the sockets in the group: were a worker
     // already answering while another still bound its socket, the group would grow under it
     // and clients it had allocated for would be moved to a worker that never saw them (437).
+    // TCP listeners likewise, and the channels that move RFC 6062 data connections to the
+    // worker owning their peer connection.
     let mut listeners = Vec::with_capacity(settings.threads);
+    let (mut handoff_tx, mut handoff_rx) = (Vec::new(), Vec::new());
     for _ in 0..settings.threads {
-        let mut sockets = Vec::with_capacity(settings.listen.len());
-        for a in &settings.listen {
+        let udp = settings.udp_listeners();
+        let mut sockets = Vec::with_capacity(udp.len());
+        for a in &udp {
             sockets.push(driver::bind_reuseport_udp(*a).with_context(|| format!("listen {a}"))?);
         }
-        listeners.push(sockets);
+        let mut streams = Vec::new();
+        for (addrs, transport) in [
+            (&settings.listen_tcp, Transport::Tcp),
+            (&settings.listen_tls, Transport::Tls),
+        ] {
+            for a in addrs {
+                let l =
+                    driver::bind_reuseport_tcp(*a).with_context(|| format!("listen (TCP) {a}"))?;
+                streams.push((l, transport));
+            }
+        }
+        listeners.push((sockets, streams));
+        let (tx, rx) = bounded::<HandOff>(1024);
+        handoff_tx.push(tx);
+        handoff_rx.push(rx);
     }
-    if let Some(first) = listeners.first().and_then(|l| l.first()) {
+    if let Some(first) = listeners.first().and_then(|l| l.0.first()) {
         // Linux reports twice the size asked for (bookkeeping included).
         let got = driver::recv_buffer_size(first) / 2;
         if got < driver::LISTENER_BUFFER {
@@ -114,13 +137,20 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
         }
     }
     let mut workers = Vec::new();
-    for (i, sockets) in listeners.into_iter().enumerate() {
+    for (i, ((sockets, streams), handoff)) in listeners.into_iter().zip(handoff_rx).enumerate() {
         let (control, control_rx) = bounded::<Control>(16);
         let (msgs, msgs_rx) = bounded::<WorkerMsg>(16);
         let s = Arc::clone(&settings);
         let key = nonce_key.clone();
         let ready = ready_tx.clone();
         let snaps = snap_tx.clone();
+        let setup = StreamSetup {
+            listeners: streams,
+            tls: settings.tls.clone(),
+            limits: settings.stream_limits,
+            handoff_peers: handoff_tx.clone(),
+            handoff_rx: Some(handoff),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -134,7 +164,8 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
                         return;
                     }
                 };
-                let mut worker = RelayWorker::new(i, server, s.listen.clone(), msgs_rx, snaps);
+                let mut worker = RelayWorker::new(i, server, s.udp_listeners(), msgs_rx, snaps)
+                    .with_streams(setup);
                 let _ = ready.send(Ok(i));
                 if let Err(e) = driver::run_worker(
                     backend,
@@ -164,9 +195,13 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("a worker exited during start-up"),
         }
     }
+    drop(handoff_tx);
     tracing::info!(
         workers = settings.threads,
         listen = ?settings.listen,
+        listen_tcp = ?settings.listen_tcp,
+        listen_tls = ?settings.listen_tls,
+        nat_discovery = ?settings.nat_discovery,
         relay_v4 = ?settings.relay_v4,
         relay_v6 = ?settings.relay_v6,
         relay_ports = ?settings.relay_ports,
@@ -217,6 +252,25 @@ fn build_server(
     cfg.software = l.software.clone();
     cfg.mapped_address = l.mapped_address;
     cfg.peer_policy = s.peer_policy();
+    cfg.tcp_connect_timeout = l.tcp_connect_timeout;
+    cfg.max_tcp_connections_per_allocation = l.max_tcp_connections_per_allocation;
+    // The top byte of this worker's CONNECTION-IDs (threads are at most 256).
+    cfg.worker = worker as u8;
+    if let Some(nd) = &s.nat_discovery {
+        // The listener tokens are the sockets' ids: the UDP sockets in `udp_listeners` order.
+        // The four of RFC 5780 (the primary and its three alternates) answer CHANGE-REQUEST.
+        let four: Vec<SocketAddr> = std::iter::once(nd.primary)
+            .chain(nd.extra_listeners())
+            .collect();
+        let listeners = s
+            .udp_listeners()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, a)| four.contains(a))
+            .map(|(i, a)| (i as u32, a))
+            .collect();
+        cfg.nat_discovery = Some(NatDiscovery { listeners });
+    }
     cfg.seed = rand::random();
     Ok(Server::new(cfg, Instant::now()))
 }
@@ -231,7 +285,11 @@ fn reload(cli: &Cli, running: &Settings, workers: &[WorkerHandle]) {
             return;
         }
     };
-    if fresh.listen != running.listen || fresh.relay_ports != running.relay_ports {
+    if fresh.listen != running.listen
+        || fresh.listen_tcp != running.listen_tcp
+        || fresh.listen_tls != running.listen_tls
+        || fresh.relay_ports != running.relay_ports
+    {
         tracing::warn!("listen and relay_ports changes need a restart; not applied");
     }
     // In demo mode the password stays the one printed at start-up.

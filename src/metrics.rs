@@ -196,6 +196,8 @@ pub fn render(latest: &[Option<Snapshot>]) -> String {
         }
     }
 
+    render_tcp(&mut o, &snaps);
+
     for (name, help, f) in [
         (
             "uturn_driver_recv_packets_total",
@@ -218,4 +220,135 @@ pub fn render(latest: &[Option<Snapshot>]) -> String {
         }
     }
     o
+}
+
+/// TURN over TCP and TLS, and RFC 6062 data connections.
+fn render_tcp(o: &mut String, snaps: &[&Snapshot]) {
+    use crate::worker::TcpStats;
+    type Pick = fn(&TcpStats) -> u64;
+    let per_transport: [(&str, &str, &str, Pick, Pick); 2] = [
+        (
+            "uturn_tcp_connections_active",
+            "Client connections open now, by transport.",
+            "gauge",
+            |t| t.clients_tcp,
+            |t| t.clients_tls,
+        ),
+        (
+            "uturn_tcp_connections_total",
+            "Client connections accepted, by transport.",
+            "counter",
+            |t| t.accepted_tcp,
+            |t| t.accepted_tls,
+        ),
+    ];
+    for (name, help, kind, tcp, tls) in per_transport {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in snaps {
+            for (transport, v) in [("tcp", tcp(&s.tcp)), ("tls", tls(&s.tcp))] {
+                let _ = writeln!(
+                    o,
+                    "{name}{{worker=\"{}\",transport=\"{transport}\"}} {v}",
+                    s.worker
+                );
+            }
+        }
+    }
+    let name = "uturn_tcp_connections_closed_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Client connections closed, by reason.\n# TYPE {name} counter"
+    );
+    for s in snaps {
+        let t = &s.tcp;
+        for (reason, v) in [
+            ("client", t.closed_by_client),
+            ("timeout", t.closed_timeout),
+            ("overflow", t.closed_overflow),
+            ("error", t.closed_error),
+        ] {
+            let _ = writeln!(
+                o,
+                "{name}{{worker=\"{}\",reason=\"{reason}\"}} {v}",
+                s.worker
+            );
+        }
+    }
+    let name = "uturn_tcp_handoffs_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} RFC 6062 data connections moved between workers.\n# TYPE {name} counter"
+    );
+    for s in snaps {
+        for (dir, v) in [("out", s.tcp.handed_off), ("in", s.tcp.taken_over)] {
+            let _ = writeln!(
+                o,
+                "{name}{{worker=\"{}\",direction=\"{dir}\"}} {v}",
+                s.worker
+            );
+        }
+    }
+    type Any = fn(&Snapshot) -> u64;
+    let plain: [(&str, &str, &str, Any); 9] = [
+        (
+            "uturn_tls_handshakes_total",
+            "TLS handshakes completed.",
+            "counter",
+            |s| s.tcp.tls_handshakes,
+        ),
+        (
+            "uturn_tls_failures_total",
+            "TLS connections closed on a TLS error.",
+            "counter",
+            |s| s.tcp.tls_failures,
+        ),
+        (
+            "uturn_tcp_peer_connections_active",
+            "RFC 6062 peer data connections open now.",
+            "gauge",
+            |s| s.stats.tcp_connections_active,
+        ),
+        (
+            "uturn_tcp_peer_connections_total",
+            "RFC 6062 peer data connections made or accepted.",
+            "counter",
+            |s| s.stats.tcp_connections_total,
+        ),
+        (
+            "uturn_tcp_peer_connections_refused_total",
+            "Peer connections to relayed addresses refused (no permission, policy, quota).",
+            "counter",
+            |s| s.stats.tcp_connections_refused,
+        ),
+        (
+            "uturn_tcp_spliced_active",
+            "Client data connections spliced with a peer now.",
+            "gauge",
+            |s| s.tcp.spliced,
+        ),
+        (
+            "uturn_tcp_spliced_bytes_total",
+            "Bytes copied between spliced connections.",
+            "counter",
+            |s| s.tcp.spliced_bytes,
+        ),
+        (
+            "uturn_driver_stream_refused_bytes_total",
+            "Bytes a full connection output queue refused.",
+            "counter",
+            |s| s.streams.refused_bytes,
+        ),
+        (
+            "uturn_driver_stream_linger_expired_total",
+            "Connections closed with output still queued after the linger time.",
+            "counter",
+            |s| s.streams.linger_expired,
+        ),
+    ];
+    for (name, help, kind, f) in plain {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in snaps {
+            let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", s.worker, f(s));
+        }
+    }
 }

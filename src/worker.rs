@@ -1,6 +1,7 @@
 //! One relay worker: a TURN [`Server`] behind the driver's [`Handler`] interface. The worker owns
 //! its server, its listening sockets (SO_REUSEPORT, one per listen address) and the relay sockets
-//! its allocations open; nothing here is shared with another worker.
+//! its allocations open; nothing here is shared with another worker, except the RFC 6062 data
+//! connections handed to the worker that owns their peer connection (see [`streams`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,10 +11,16 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use uturn_proto::turn::auth::Credentials;
 use uturn_proto::turn::policy::PeerPolicy;
 use uturn_proto::turn::{
-    FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server, Stats, Transport, Via,
+    FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server, Stats, TcpRelays, Transport,
+    Via,
 };
 
-use crate::driver::{Counters, Handler, Io, RecvPacket, SockId, UdpOptions};
+use crate::driver::{
+    Counters, Handler, Io, RecvPacket, SockId, StreamCounters, StreamEvent, StreamId, UdpOptions,
+};
+
+mod streams;
+pub use streams::{HandOff, StreamSetup, TcpStats, STREAM_TOKEN};
 
 /// How often a worker publishes its counters.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -33,6 +40,9 @@ pub struct Snapshot {
     pub worker: usize,
     pub stats: Stats,
     pub driver: Counters,
+    /// Client connections over TCP and TLS, and RFC 6062 data connections.
+    pub tcp: TcpStats,
+    pub streams: StreamCounters,
 }
 
 /// The handler of one relay worker.
@@ -51,6 +61,9 @@ pub struct RelayWorker {
     /// Unix time at `clock_base`, so that `Now::unix_secs` costs no system call per batch.
     clock_base: Instant,
     unix_base: u64,
+    /// TCP and TLS clients, RFC 6062 relaying.
+    streams: streams::Streams,
+    started: bool,
 }
 
 impl RelayWorker {
@@ -76,7 +89,15 @@ impl RelayWorker {
             next_snapshot: now,
             clock_base: now,
             unix_base,
+            streams: streams::Streams::default(),
+            started: false,
         }
+    }
+
+    /// Adds client listeners over TCP and TLS, and the hand-off channels between workers.
+    pub fn with_streams(mut self, setup: StreamSetup) -> Self {
+        self.streams = streams::Streams::new(setup);
+        self
     }
 
     pub fn server(&self) -> &Server {
@@ -110,10 +131,12 @@ impl RelayWorker {
     }
 }
 
-/// The driver seen through the server's [`RelaySockets`] trait.
+/// The driver seen through the server's [`RelaySockets`] trait (and [`TcpRelays`], in
+/// [`streams`]).
 struct Bridge<'a, I: Io> {
     io: &'a mut I,
     relays: &'a mut Vec<Option<RelayId>>,
+    tcp: &'a mut streams::RelayTcp,
 }
 
 impl<I: Io> RelaySockets for Bridge<'_, I> {
@@ -140,6 +163,10 @@ impl<I: Io> RelaySockets for Bridge<'_, I> {
             *slot = None;
         }
         self.io.close(SockId(handle));
+    }
+
+    fn tcp(&mut self) -> Option<&mut dyn TcpRelays> {
+        Some(self)
     }
 }
 
@@ -176,6 +203,7 @@ impl Handler for RelayWorker {
             let mut bridge = Bridge {
                 io,
                 relays: &mut self.relays,
+                tcp: &mut self.streams.relay,
             };
             let t = self.server.handle_client(
                 now,
@@ -191,6 +219,23 @@ impl Handler for RelayWorker {
             return;
         };
         let Some(t) = transmit else { return };
+        if let Via::Listener(tok) = t.via {
+            if tok & STREAM_TOKEN != 0 {
+                // To a client on TCP or TLS: the bytes are copied into its connection.
+                let id = StreamId(tok & !STREAM_TOKEN);
+                match &t.payload {
+                    Payload::Input(r) => {
+                        let data = pkt.buf().get(base + r.start..base + r.end);
+                        self.send_to_client(now.instant, id, data.unwrap_or_default(), io);
+                    }
+                    Payload::Output(n) => {
+                        let data = self.out.get(..*n).unwrap_or_default().to_vec();
+                        self.send_to_client(now.instant, id, &data, io);
+                    }
+                }
+                return;
+            }
+        }
         let via = match t.via {
             Via::Listener(s) | Via::Relay(s) => SockId(s),
         };
@@ -202,12 +247,18 @@ impl Handler for RelayWorker {
 
     fn on_tick<I: Io>(&mut self, now: Instant, io: &mut I) {
         self.poll_control();
+        if !self.started {
+            self.started = true;
+            self.adopt_listeners(io);
+        }
         let n = self.now(now);
         let mut bridge = Bridge {
             io,
             relays: &mut self.relays,
+            tcp: &mut self.streams.relay,
         };
         self.server.handle_timeout(n, &mut bridge);
+        self.streams_tick(now, io);
         if now >= self.next_snapshot {
             self.next_snapshot = now + STATS_INTERVAL;
             if let Some(tx) = &self.snapshots {
@@ -215,13 +266,25 @@ impl Handler for RelayWorker {
                     worker: self.id,
                     stats: self.server.stats().clone(),
                     driver: *io.counters(),
+                    tcp: self.streams.stats,
+                    streams: *io.stream_counters(),
                 });
             }
         }
     }
 
     fn next_timeout(&self) -> Option<Instant> {
-        let server = self.server.poll_timeout();
-        Some(server.map_or(self.next_snapshot, |t| t.min(self.next_snapshot)))
+        [
+            self.server.poll_timeout(),
+            self.streams.next_timeout(),
+            Some(self.next_snapshot),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn on_stream<I: Io>(&mut self, now: Instant, event: StreamEvent<'_>, io: &mut I) {
+        self.on_stream_event(now, event, io);
     }
 }

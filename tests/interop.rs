@@ -8,6 +8,19 @@
 //! - RTP/RTCP pairs: the default mode, EVEN-PORT with R, then an Allocate with the
 //!   RESERVATION-TOKEN (one worker: a token is known only to the worker that issued it).
 //!
+//! Over TCP and TLS (RFC 8656 section 3.1, `uclient_over_tcp_and_tls`): Send/Data with `-t`
+//! and with `-t -S`, and RFC 6062 TCP relaying between two of uclient's clients with `-T` and
+//! `-T -S`. RFC 5780 (`natdiscovery_against_rfc5780_mode`): coturn's `turnutils_natdiscovery`
+//! runs its mapping and filtering tests against uturn listening on 127.0.0.1 and 127.0.0.2,
+//! two ports each.
+//!
+//! Two things in those transcripts are uclient's, not uturn's (both show against coturn's own
+//! `turnserver` as well): over TLS uclient tries TLS contexts at random, and the older ones fail
+//! with "sslv3 alert handshake failure" (uturn speaks TLS 1.2 and 1.3 only) before it connects
+//! with one that works; and its `-P` mode (RFC 6062 with the peer connecting first) reports 50%
+//! loss against either server, while `-P -S` cannot connect to either, because its "peer" opens
+//! TLS to the relayed address, which is plain TCP.
+//!
 //! Where the tools are missing the test prints "skipped: ..." and passes, so that the default
 //! `cargo test` works on a fresh machine; with `UTURN_REQUIRE_INTEROP=1` (CI, after
 //! `scripts/install-deps.sh`) a missing tool is a failure instead.
@@ -31,7 +44,11 @@ use std::time::Duration;
 
 use common::*;
 
-both_backends!(uclient_through_uturn);
+both_backends!(
+    uclient_through_uturn,
+    uclient_over_tcp_and_tls,
+    natdiscovery_against_rfc5780_mode
+);
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-password";
@@ -182,7 +199,12 @@ impl Run {
 }
 
 fn uclient(bin: &PathBuf, relay: &Relay, flags: &[&str]) -> Run {
-    let port = relay.listen.port().to_string();
+    uclient_at(bin, relay.listen.port(), flags)
+}
+
+/// uclient against `port` of 127.0.0.1 (the UDP, TCP or TLS listener).
+fn uclient_at(bin: &PathBuf, port: u16, flags: &[&str]) -> Run {
+    let port = port.to_string();
     let (n, l) = (MESSAGES.to_string(), LENGTH.to_string());
     let mut cmd = Command::new(bin);
     cmd.args(flags)
@@ -390,4 +412,144 @@ fn uclient_through_uturn(b: Backend) {
     for (name, t) in transcripts {
         eprintln!("=== {b:?}: {name}\n{t}\n");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP, TLS and RFC 6062.
+
+/// One uclient run over a stream listener, every message echoed.
+fn stream_run(bin: &PathBuf, relay: &Relay, port: u16, flags: &[&str], expected: usize) -> String {
+    let run = uclient_at(bin, port, flags);
+    run.assert_all_echoed(relay, expected);
+    run.transcript()
+}
+
+fn uclient_over_tcp_and_tls(b: Backend) {
+    let Some((uclient_bin, peer_bin)) = coturn_tools() else {
+        return;
+    };
+    let (_peer_proc, peer) = start_peer(&peer_bin);
+    let relay = RelayOptions {
+        threads: 2,
+        relay_ports: 1000,
+        metrics: true,
+        users: vec![(USER.into(), PASSWORD.into())],
+        tcp: true,
+        tls: true,
+        ..RelayOptions::new(b)
+    }
+    .start();
+    let tcp = relay.listen_tcp.expect("TCP listener").port();
+    let tls = relay.listen_tls.expect("TLS listener").port();
+    let peer_port = peer.port().to_string();
+    let send_data = ["-c", "-s", "-m", "4", "-e", "127.0.0.1", "-r", &peer_port];
+    let mut transcripts = Vec::new();
+    // Send/Data over TCP, then over TLS (uclient does not check the certificate without -E).
+    let flags: Vec<&str> = ["-t"].iter().chain(send_data.iter()).copied().collect();
+    transcripts.push((
+        "TCP, Send/Data",
+        stream_run(&uclient_bin, &relay, tcp, &flags, 4 * MESSAGES),
+    ));
+    let flags: Vec<&str> = ["-t", "-S"]
+        .iter()
+        .chain(send_data.iter())
+        .copied()
+        .collect();
+    transcripts.push((
+        "TLS, Send/Data",
+        stream_run(&uclient_bin, &relay, tls, &flags, 4 * MESSAGES),
+    ));
+    // RFC 6062: -T makes two TCP allocations over TCP control connections; each Connects to
+    // the other's relayed address and binds a data connection (ConnectionAttempt on the other
+    // side), and the data goes through the spliced connections.
+    transcripts.push((
+        "TCP relay (RFC 6062) over TCP",
+        stream_run(&uclient_bin, &relay, tcp, &["-T", "-m", "2"], 2 * MESSAGES),
+    ));
+    transcripts.push((
+        "TCP relay (RFC 6062) over TLS",
+        stream_run(
+            &uclient_bin,
+            &relay,
+            tls,
+            &["-T", "-S", "-m", "2"],
+            2 * MESSAGES,
+        ),
+    ));
+    let metrics = relay.wait_metrics("the stream runs", |m| {
+        m.sum("uturn_tcp_connections_total", &[("transport", "tcp")]) >= 4.0
+            && m.sum("uturn_tcp_connections_total", &[("transport", "tls")]) >= 4.0
+            && requests(m, "connection_bind", "success") >= 4.0
+    });
+    assert!(metrics.sum("uturn_tls_handshakes_total", &[]) >= 4.0);
+    assert!(requests(&metrics, "connect", "success") >= 2.0);
+    assert!(metrics.sum("uturn_tcp_spliced_bytes_total", &[]) >= (4 * MESSAGES * LENGTH) as f64);
+    for (name, t) in transcripts {
+        eprintln!("=== {b:?}: {name}\n{t}\n");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 5780.
+
+fn natdiscovery_against_rfc5780_mode(b: Backend) {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("turnutils_natdiscovery"))
+            .find(|p| p.is_file())
+    });
+    let Some(bin) = found else {
+        let required = std::env::var("UTURN_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "turnutils_natdiscovery not installed and UTURN_REQUIRE_INTEROP=1"
+        );
+        eprintln!("skipped: turnutils_natdiscovery not installed (run scripts/install-deps.sh)");
+        return;
+    };
+    let other_ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    let alt_port = loop {
+        let p = free_udp_port(LOCALHOST_V4);
+        if UdpSocket::bind(SocketAddr::new(other_ip, p)).is_ok() {
+            break p;
+        }
+    };
+    let relay = RelayOptions {
+        extra_toml: format!(
+            "nat_discovery = {{ alternate_ip = \"{other_ip}\", alternate_port = {alt_port} }}\n"
+        ),
+        ..RelayOptions::new(b)
+    }
+    .start();
+    let port = relay.listen.port();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["-m", "-f", "-p", &port.to_string(), "127.0.0.1"]);
+    let mut p = Proc::spawn(cmd).expect("spawn turnutils_natdiscovery");
+    let status = p.wait_timeout(Duration::from_secs(30));
+    let output = format!("{}{}", p.stdout(), p.stderr());
+    let transcript = format!(
+        "$ turnutils_natdiscovery -m -f -p {port} 127.0.0.1\n{}\n(exit code {:?})",
+        output
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        status.and_then(|s| s.code())
+    );
+    assert!(
+        status.is_some(),
+        "natdiscovery still running after 30 s\n{transcript}"
+    );
+    // Loopback has no NAT: both behaviours come out endpoint-independent, which natdiscovery
+    // can only conclude after answers from the other IP and port (CHANGE-REQUEST, OTHER-ADDRESS).
+    for needle in [
+        "NAT with Endpoint Independent Mapping!".to_string(),
+        "NAT with Endpoint Independent Filtering!".to_string(),
+        format!("Other addr: : {other_ip}:{alt_port}"),
+        format!("Response origin: : {other_ip}:{alt_port}"),
+        format!("Response origin: : {other_ip}:{port}"),
+    ] {
+        assert!(output.contains(&needle), "missing `{needle}`\n{transcript}");
+    }
+    eprintln!("=== {b:?}: turnutils_natdiscovery\n{transcript}\n");
 }

@@ -11,6 +11,7 @@ use uturn::driver::Backend;
 use crate::duration;
 use crate::nat::NatSpec;
 use crate::stats::PROBE_LEN;
+use crate::stream_leg::{TlsSetup, Transport};
 use crate::turn_only::Credentials;
 
 /// loadgen: thousands of TURN clients or ICE agents against any TURN server, measuring setup
@@ -90,6 +91,17 @@ pub struct Args {
     pub consent_timeout: Duration,
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// How agents reach the server (the client-to-server leg; relaying stays UDP): --server is
+    /// the address of the server's listener for it.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    pub transport: Transport,
+    /// --transport tls: the PEM certificates to trust (the server's own, or its CA).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// --transport tls: the name to check the server's certificate for (default: the
+    /// --server host).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
     /// No live progress display.
     #[arg(long)]
     pub quiet: bool,
@@ -157,6 +169,9 @@ pub struct Config {
     pub consent_timeout: Duration,
     pub backend: Backend,
     pub quiet: bool,
+    pub transport: Transport,
+    /// For `--transport tls`.
+    pub tls: Option<TlsSetup>,
     /// Things worth telling the user that are not errors (an odd agent count rounded up).
     pub notes: Vec<String>,
 }
@@ -308,6 +323,35 @@ impl Config {
                 "--nat-matrix places every pair itself: --nat only sets the mapping timeout".into(),
             );
         }
+        let tls = match (a.transport, &a.tls_ca) {
+            (Transport::Tls, Some(ca)) => {
+                // The host part of --server, without the port (and IPv6 brackets).
+                let host = a
+                    .server
+                    .rsplit_once(':')
+                    .map_or(a.server.as_str(), |(h, _)| h);
+                let name = a
+                    .tls_name
+                    .clone()
+                    .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+                Some(TlsSetup::from_ca_file(ca, &name).map_err(|e| err("tls-ca", e))?)
+            }
+            (Transport::Tls, None) => {
+                return Err(err("tls-ca", "required with --transport tls"));
+            }
+            _ => None,
+        };
+        if a.transport != Transport::Udp {
+            if nat != NatSpec::None {
+                return Err(err(
+                    "nat",
+                    "the NAT emulation is UDP only; it does not apply with --transport tcp|tls",
+                ));
+            }
+            if a.mode != Mode::TurnOnly {
+                return Err(err("transport", "tcp and tls are for --mode turn-only"));
+            }
+        }
         if a.chaos && nat == NatSpec::None && a.mode == Mode::TurnOnly {
             notes.push("--chaos drops NAT mappings, and there are none without --nat".into());
         }
@@ -346,6 +390,8 @@ impl Config {
             consent_timeout: a.consent_timeout,
             backend: a.backend,
             quiet: a.quiet,
+            transport: a.transport,
+            tls,
             notes,
         })
     }

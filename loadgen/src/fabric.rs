@@ -12,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use uturn::driver::{Io, SockId};
+use uturn::driver::{Io, SockId, StreamId};
 
 use crate::nat::{DropReason, LanId, NatBehavior, NetError, NetEvent, Network, Refused, Route};
 
@@ -23,6 +23,21 @@ pub trait NetIo {
     fn local_addr(&self, sock: SockId) -> io::Result<SocketAddr>;
     fn close(&mut self, sock: SockId);
     fn send(&mut self, via: SockId, to: SocketAddr, bytes: &[u8]);
+    /// TCP for `--transport tcp|tls` (see [`crate::stream_leg`]); without it, none.
+    fn tcp_connect(&mut self, to: SocketAddr) -> io::Result<StreamId> {
+        let _ = to;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn stream_send(&mut self, id: StreamId, bytes: &[u8]) -> usize {
+        let _ = (id, bytes);
+        0
+    }
+    fn stream_set_reading(&mut self, id: StreamId, on: bool) {
+        let _ = (id, on);
+    }
+    fn stream_close(&mut self, id: StreamId) {
+        let _ = id;
+    }
 }
 
 /// Any driver [`Io`] as a [`NetIo`].
@@ -41,6 +56,18 @@ impl<I: Io> NetIo for DriverIo<'_, I> {
     }
     fn send(&mut self, via: SockId, to: SocketAddr, bytes: &[u8]) {
         self.0.send(via, to, bytes)
+    }
+    fn tcp_connect(&mut self, to: SocketAddr) -> io::Result<StreamId> {
+        self.0.tcp_connect(None, to)
+    }
+    fn stream_send(&mut self, id: StreamId, bytes: &[u8]) -> usize {
+        self.0.stream_send(id, bytes)
+    }
+    fn stream_set_reading(&mut self, id: StreamId, on: bool) {
+        self.0.stream_set_reading(id, on)
+    }
+    fn stream_close(&mut self, id: StreamId) {
+        self.0.stream_close(id)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`natcheck`]: `loadgen natcheck`, the NAT's mapping and filtering (RFC 5780).
 //! - [`ice`]: the ICE scenario (pairs of ICE agents), signalling, the NAT matrix.
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
+//! - [`stream_leg`]: `--transport tcp|tls`, agents' TURN clients on TCP or TLS connections.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
 
 pub mod cli;
@@ -23,5 +24,6 @@ pub mod preflight;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod stream_leg;
 pub mod turn_only;
 pub mod worker;

@@ -49,6 +49,8 @@ pub struct RunConfig {
     pub threads: usize,
     pub nat: String,
     pub policy: String,
+    /// Client-to-server leg: udp, tcp or tls.
+    pub transport: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -316,8 +318,8 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "loadgen {}: {} agents against {} for {}s (ramp {}s), {} x {} B per agent, nat {}",
-            self.mode, c.agents, c.server, c.duration_s, c.ramp_s, rate, c.size, c.nat
+            "loadgen {}: {} agents against {} for {}s (ramp {}s), {} x {} B per agent, nat {}, {}",
+            self.mode, c.agents, c.server, c.duration_s, c.ramp_s, rate, c.size, c.nat, c.transport
         );
         let mut rows: Vec<(&str, String)> = Vec::new();
         let a = &self.agents;
@@ -579,6 +581,7 @@ mod tests {
             threads: 2,
             nat: "none".into(),
             policy: "relay".into(),
+            transport: "udp".into(),
         };
         let timeline = vec![
             Second {

@@ -19,6 +19,7 @@ use crate::nat::network::MAX_LANS;
 use crate::preflight::{self, Preflight, PreflightError};
 use crate::report::{DriverCounters, Measured, Report, RunConfig};
 use crate::stats::{Clock, Stats, Timeline};
+use crate::stream_leg::{self, Transport};
 use crate::turn_only::{TurnOnly, TurnOnlyConfig};
 use crate::worker::{self, Media, Plan, Scenario, Worker};
 
@@ -69,7 +70,10 @@ struct WorkerThread {
 /// Runs the load described by `config`; prints progress on stderr unless `config.quiet`.
 pub fn run(config: &Config) -> Result<Outcome, RunError> {
     cli::check_open_files(config)?;
-    let pre = preflight::run(config.server, &config.credentials)?;
+    let pre = match config.transport {
+        Transport::Udp => preflight::run(config.server, &config.credentials)?,
+        t => stream_leg::preflight(config.server, &config.credentials, t, config.tls.as_ref())?,
+    };
     if !config.quiet {
         eprintln!(
             "preflight: {} answers (binding {:.1} ms), allocation granted in {:.1} ms at {}, loopback peers allowed",
@@ -148,6 +152,8 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
                 credentials: config.credentials.clone(),
                 nat: config.nat,
                 seed: rand::random(),
+                transport: config.transport,
+                tls: config.tls.clone(),
             })),
             Mode::Ice => Box::new(IceScenario::new(IceConfig {
                 server: config.server,
@@ -247,6 +253,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
                 cli::Policy::All => "all".into(),
                 cli::Policy::Relay => "relay".into(),
             },
+            transport: config.transport.name().into(),
         },
         &stats,
         Measured {

@@ -22,7 +22,9 @@ use uturn_proto::stun::Method;
 use crate::fabric::AgentIx;
 use crate::nat::NatSpec;
 use crate::stats::CandidateType;
+use crate::stream_leg::{LegEvent, StreamLeg, TlsSetup, Transport};
 use crate::worker::{partner, Cx, Scenario};
+use uturn::driver::StreamEvent;
 
 /// A shorter retransmission schedule than RFC 8489's 39.5 s: sends at 0, 0.5, 1.5, 3.5 s and a
 /// timeout at 5.5 s. A load test wants a clear failure, not a 40-second stall per request.
@@ -49,6 +51,9 @@ pub struct TurnOnlyConfig {
     /// NATs in front of the clients: each client gets a LAN of its own.
     pub nat: NatSpec,
     pub seed: u64,
+    /// How clients reach the server (`--transport`); TLS needs `tls`.
+    pub transport: Transport,
+    pub tls: Option<TlsSetup>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -80,11 +85,15 @@ pub struct TurnOnly {
     buf: Box<[u8; 2048]>,
     rng: StdRng,
     closing: usize,
+    /// The clients' connections with `--transport tcp|tls`.
+    leg: Option<StreamLeg>,
 }
 
 impl TurnOnly {
     pub fn new(config: TurnOnlyConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
+        let leg = (config.transport != Transport::Udp)
+            .then(|| StreamLeg::new(config.server, config.tls.clone()));
         TurnOnly {
             config,
             clients: Vec::new(),
@@ -92,6 +101,23 @@ impl TurnOnly {
             buf: Box::new([0; 2048]),
             rng,
             closing: 0,
+            leg,
+        }
+    }
+
+    /// Sends one of `agent`'s messages to the server: a datagram through the fabric, or on the
+    /// agent's connection.
+    fn emit(
+        &mut self,
+        now: Instant,
+        agent: AgentIx,
+        len: usize,
+        to: SocketAddr,
+        cx: &mut Cx<'_>,
+    ) -> bool {
+        match self.leg.as_mut() {
+            Some(leg) => leg.send(agent, &self.buf[..len], cx.io),
+            None => cx.send(now, agent, to, &self.buf[..len]),
         }
     }
 
@@ -101,6 +127,7 @@ impl TurnOnly {
         cfg.realm = Some(c.realm.clone());
         cfg.software = Some(concat!("uturn-loadgen ", env!("CARGO_PKG_VERSION")).into());
         cfg.retransmit = LOAD_RETRANSMIT;
+        cfg.transport = self.config.transport.client();
         cfg
     }
 
@@ -109,15 +136,22 @@ impl TurnOnly {
             self.clients.resize_with(agent + 1, || None);
         }
         cx.core.agent_started(agent, now);
-        let added = match self.config.nat.pick(&mut self.rng) {
-            None => cx.fabric.add_direct_agent(cx.io, agent),
-            Some(b) => cx
-                .fabric
-                .add_lan(b)
-                .and_then(|lan| cx.fabric.add_private_agent(lan, agent)),
-        };
-        if let Err(e) = added {
-            return cx.core.agent_failed(agent, format!("network: {e}"));
+        if let Some(leg) = self.leg.as_mut() {
+            if let Err(e) = leg.open(agent, cx.io) {
+                return cx.core.agent_failed(agent, format!("connect: {e}"));
+            }
+        } else {
+            let added = match self.config.nat.pick(&mut self.rng) {
+                None => cx.fabric.add_direct_agent(cx.io, agent).map(|_| ()),
+                Some(b) => cx
+                    .fabric
+                    .add_lan(b)
+                    .and_then(|lan| cx.fabric.add_private_agent(lan, agent))
+                    .map(|_| ()),
+            };
+            if let Err(e) = added {
+                return cx.core.agent_failed(agent, format!("network: {e}"));
+            }
         }
         let mut turn = match TurnClient::new(self.client_config(), self.rng.gen()) {
             Ok(t) => t,
@@ -138,25 +172,29 @@ impl TurnOnly {
     /// Sends what the client has to send, handles its events, and re-arms its timer.
     fn service(&mut self, now: Instant, agent: AgentIx, cx: &mut Cx<'_>) {
         let mut events = Vec::new();
-        {
+        loop {
             let Some(Some(c)) = self.clients.get_mut(agent) else {
                 return;
             };
-            while let Some(t) = c.turn.poll_transmit(&mut self.buf[..]) {
-                cx.send(now, agent, t.to, &self.buf[..t.len]);
-            }
-            while let Some(e) = c.turn.poll_event() {
-                events.push(e);
-            }
+            let Some(t) = c.turn.poll_transmit(&mut self.buf[..]) else {
+                while let Some(e) = c.turn.poll_event() {
+                    events.push(e);
+                }
+                break;
+            };
+            self.emit(now, agent, t.len, t.to, cx);
         }
         for e in events {
             self.on_event(now, agent, e, cx);
         }
         // Events may have queued requests (ChannelBind): send them too.
+        while let Some(Some(c)) = self.clients.get_mut(agent) {
+            let Some(t) = c.turn.poll_transmit(&mut self.buf[..]) else {
+                break;
+            };
+            self.emit(now, agent, t.len, t.to, cx);
+        }
         if let Some(Some(c)) = self.clients.get_mut(agent) {
-            while let Some(t) = c.turn.poll_transmit(&mut self.buf[..]) {
-                cx.send(now, agent, t.to, &self.buf[..t.len]);
-            }
             if let Some(t) = c.turn.poll_timeout() {
                 if c.armed.is_none_or(|a| t < a) {
                     c.armed = Some(t);
@@ -374,8 +412,39 @@ impl Scenario for TurnOnly {
             return false;
         };
         match c.turn.channel_data(peer, payload, &mut self.buf[..]) {
-            Ok(t) => cx.send(now, agent, t.to, &self.buf[..t.len]),
+            Ok(t) => self.emit(now, agent, t.len, t.to, cx),
             Err(_) => false,
+        }
+    }
+
+    fn on_stream(&mut self, now: Instant, event: StreamEvent<'_>, cx: &mut Cx<'_>) {
+        let Some(leg) = self.leg.as_mut() else {
+            return;
+        };
+        if let LegEvent::Lost(agent, why) = leg.on_stream(event, cx.io) {
+            let closing = matches!(
+                self.clients.get(agent),
+                Some(Some(Client {
+                    state: State::Closing | State::Closed,
+                    ..
+                }))
+            );
+            if closing {
+                // The end of the run: nothing lost.
+            } else if cx.core.is_connected(agent) {
+                cx.core.error(why);
+            } else {
+                cx.core.agent_failed(agent, why);
+            }
+        }
+        // Whole messages from the server, as datagrams from it.
+        let (inbox, marks) = leg.take_inbox();
+        let server = leg.server();
+        for &(agent, a, b) in &marks {
+            self.on_datagram(now, agent, server, &inbox[a..b], cx);
+        }
+        if let Some(leg) = self.leg.as_mut() {
+            leg.give_back(inbox, marks);
         }
     }
 

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use uturn::driver::{Handler, Io, RecvPacket, SockId};
+use uturn::driver::{Handler, Io, RecvPacket, SockId, StreamEvent};
 
 use crate::fabric::{AgentIx, DriverIo, Fabric, FabricCounters, NetIo};
 use crate::stats::{Arrival, CandidateType, Clock, Interval, Probe, SeqWindow, Stats, PROBE_LEN};
@@ -109,6 +109,10 @@ pub trait Scenario {
     fn shutdown(&mut self, now: Instant, cx: &mut Cx<'_>);
     /// Everything released or given up on.
     fn is_shut_down(&self) -> bool;
+    /// An event on a TCP connection the scenario opened (`--transport tcp|tls`).
+    fn on_stream(&mut self, now: Instant, event: StreamEvent<'_>, cx: &mut Cx<'_>) {
+        let _ = (now, event, cx);
+    }
 }
 
 /// A boxed scenario is a scenario, so that the run can pick one per `--mode` at run time.
@@ -140,6 +144,9 @@ impl<S: Scenario + ?Sized> Scenario for Box<S> {
         cx: &mut Cx<'_>,
     ) -> bool {
         (**self).send_media(now, agent, payload, cx)
+    }
+    fn on_stream(&mut self, now: Instant, event: StreamEvent<'_>, cx: &mut Cx<'_>) {
+        (**self).on_stream(now, event, cx)
     }
     fn shutdown(&mut self, now: Instant, cx: &mut Cx<'_>) {
         (**self).shutdown(now, cx)
@@ -656,6 +663,13 @@ impl<S: Scenario> Handler for Worker<S> {
         self.send_due_media(now, &mut io);
         self.deliver_local(now, &mut io);
         self.advance_phase(now, &mut io);
+    }
+
+    fn on_stream<I: Io>(&mut self, now: Instant, event: StreamEvent<'_>, io: &mut I) {
+        self.flush_intervals(now);
+        let mut io = DriverIo(io);
+        let mut cx = Self::cx(&mut io, &mut self.fabric, &mut self.core);
+        self.scenario.on_stream(now, event, &mut cx);
     }
 
     fn next_timeout(&self) -> Option<Instant> {

@@ -36,12 +36,16 @@ mod pool;
 pub mod portable;
 mod sock;
 mod sockaddr;
+pub mod stream;
 pub mod uring;
 
 pub use pool::Packet;
 pub use sock::{
     bind_reuseport_udp, bind_udp, bind_udp_with, pin_current_thread, recv_buffer_size, UdpOptions,
     LISTENER_BUFFER,
+};
+pub use stream::{
+    bind_reuseport_tcp, ListenOptions, StreamCounters, StreamEvent, StreamId, StreamIo,
 };
 
 /// Free bytes in front of every received datagram (a minimum: see [`RecvPacket::range`]).
@@ -83,7 +87,9 @@ pub trait RecvPacket {
 /// are queued and submitted once per batch. A send the driver cannot queue (closed socket, range
 /// outside the buffer, no send buffer left) is dropped and counted in [`Counters::drops`]: UDP
 /// is lossy anyway, and a relay must not stall on one slow socket.
-pub trait Io {
+///
+/// TCP is the [`StreamIo`] half (see [`stream`]).
+pub trait Io: StreamIo {
     type Packet: RecvPacket;
 
     /// Opens a non-blocking UDP socket bound to `addr` (port 0: any free port) and starts
@@ -123,6 +129,11 @@ pub trait Handler {
     fn on_tick<I: Io>(&mut self, now: Instant, io: &mut I);
     /// When the handler next needs `on_tick` even if no datagram arrives.
     fn next_timeout(&self) -> Option<Instant>;
+    /// Something happened on a TCP socket the handler opened or accepted (see [`stream`]).
+    /// Handlers that open none never get here.
+    fn on_stream<I: Io>(&mut self, now: Instant, event: StreamEvent<'_>, io: &mut I) {
+        let _ = (now, event, io);
+    }
 }
 
 /// Which I/O backend to run (`--backend`).

@@ -27,6 +27,8 @@ use socket2::SockAddr;
 use super::pool::{BufPool, Packet, SendPool};
 use super::sock::{bind_udp_with, SockTable, UdpOptions};
 use super::sockaddr::{self, NAME_LEN};
+mod stream;
+
 use super::{
     poll_control, valid_range, wait_budget, Control, ControlFlow, Counters, DriverConfig,
     DriverError, Handler, Io, SockId, BUF_SIZE, HEADROOM, MAX_DATAGRAM,
@@ -114,6 +116,8 @@ pub struct Worker {
     spare_queue: Vec<QueuedSend>,
     closing: Vec<SockId>,
     counters: Counters,
+    /// TCP listeners and connections (see `stream`).
+    streams: stream::Streams,
 }
 
 impl std::fmt::Debug for Worker {
@@ -192,6 +196,7 @@ impl Worker {
             spare_queue: Vec::new(),
             closing: Vec::new(),
             counters: Counters::default(),
+            streams: stream::Streams::default(),
         })
     }
 
@@ -498,6 +503,10 @@ impl Worker {
         }
         for e in 0..n as usize {
             let ev = self.events[e];
+            if ev.u64 & stream::STREAM_TAG != 0 {
+                self.stream_ready(stream::stream_id(ev.u64), ev.events);
+                continue;
+            }
             let id = SockId(ev.u64 as u32);
             if ev.events & libc::EPOLLOUT as u32 != 0 {
                 self.unblock(id);
@@ -672,7 +681,7 @@ fn event_loop<H: Handler>(
             return Ok(());
         }
         let now = Instant::now();
-        let wait = if !w.ready.is_empty() && w.pool.has_returned() {
+        let wait = if (!w.ready.is_empty() && w.pool.has_returned()) || w.streams.pending() {
             std::time::Duration::ZERO
         } else {
             wait_budget(handler.next_timeout(), now)
@@ -680,8 +689,10 @@ fn event_loop<H: Handler>(
         w.wait(wait)?;
         let now = Instant::now();
         w.receive(handler, now);
+        w.streams_run(handler, now);
         handler.on_tick(now, w);
         w.flush();
+        w.streams_flush(handler, now);
         w.close_finished();
     }
 }

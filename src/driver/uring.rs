@@ -40,6 +40,8 @@ use socket2::SockAddr;
 use super::pool::{BufPool, Packet, Region, SendPool};
 use super::sock::{bind_udp, bind_udp_with, SockTable, UdpOptions};
 use super::sockaddr::{self, NAME_LEN};
+mod stream;
+
 use super::{
     poll_control, valid_range, wait_budget, Control, ControlFlow, Counters, DriverConfig,
     DriverError, Handler, Io, RecvPacket, SockId, BUF_SIZE, HEADROOM, TAILROOM,
@@ -225,6 +227,8 @@ pub struct Worker {
     closing: Vec<SockId>,
     returned: Vec<u32>,
     counters: Counters,
+    /// TCP listeners and connections (see `stream`).
+    streams: stream::Streams,
 }
 
 impl std::fmt::Debug for Worker {
@@ -293,6 +297,7 @@ impl Worker {
             closing: Vec::new(),
             returned: Vec::with_capacity(usize::from(count)),
             counters: Counters::default(),
+            streams: stream::Streams::default(),
         };
         for bid in 0..u32::from(count) {
             let addr = w.pool.buf_ptr(bid);
@@ -459,6 +464,7 @@ impl Worker {
             // A cancel's own result (0, ENOENT when the receive already ended, EALREADY) changes
             // nothing: the receive's final CQE is what we wait for.
             UD_CANCEL => {}
+            k if k >= stream::UD_STREAM_FIRST => self.dispatch_stream(c, handler, now),
             _ => tracing::error!(user_data = c.user_data, "completion with unknown user_data"),
         }
     }
@@ -577,10 +583,12 @@ impl Worker {
         for id in ids {
             self.close(id);
         }
+        self.streams_close_all();
         let deadline = Instant::now() + timeout;
         loop {
             self.close_finished();
-            let busy = self.inflight_sends > 0 || !self.closing.is_empty();
+            self.streams_release_idle();
+            let busy = self.inflight_sends > 0 || !self.closing.is_empty() || self.streams.busy();
             let now = Instant::now();
             if !busy || now >= deadline {
                 break;
@@ -594,7 +602,7 @@ impl Worker {
                 self.dispatch::<NoHandler>(c, None, now);
             }
         }
-        let drained = self.inflight_sends == 0 && self.closing.is_empty();
+        let drained = self.inflight_sends == 0 && self.closing.is_empty() && !self.streams.busy();
         if drained {
             if let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
                 tracing::warn!(error = %e, "unregister_buf_ring failed");
@@ -773,6 +781,7 @@ fn event_loop<H: Handler>(
         }
         handler.on_tick(now, w);
         w.recycle_and_rearm();
+        w.streams_tick(now);
     }
 }
 
@@ -806,6 +815,11 @@ pub(super) fn probe() -> Result<(), String> {
         ("RECVMSG", opcode::RecvMsgMulti::CODE),
         ("SENDMSG", opcode::SendMsg::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        // TCP (see `stream`).
+        ("ACCEPT", opcode::AcceptMulti::CODE),
+        ("RECV", opcode::Recv::CODE),
+        ("SEND", opcode::Send::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("opcode {name} not supported"));

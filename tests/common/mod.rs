@@ -10,6 +10,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod stream;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -107,6 +109,14 @@ pub fn free_udp_port(ip: IpAddr) -> u16 {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral UDP port")
+}
+
+/// A TCP port on `ip` that nothing holds now.
+pub fn free_tcp_port_on(ip: IpAddr) -> u16 {
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral TCP port")
 }
 
 /// A TCP port on 127.0.0.1 that nothing holds now.
@@ -377,6 +387,10 @@ pub struct RelayOptions {
     pub extra_args: Vec<String>,
     /// Run uturn with this open-file limit (soft and hard), to exhaust descriptors on purpose.
     pub nofile: Option<u64>,
+    /// Listen for TURN over TCP too (a free port of its own).
+    pub tcp: bool,
+    /// Listen for TURN over TLS too, with the throwaway certificate of [`stream::pki`].
+    pub tls: bool,
 }
 
 impl RelayOptions {
@@ -394,6 +408,8 @@ impl RelayOptions {
             extra_toml: String::new(),
             extra_args: Vec::new(),
             nofile: None,
+            tcp: false,
+            tls: false,
         }
     }
 
@@ -411,7 +427,18 @@ pub struct Relay {
     pub metrics: Option<SocketAddr>,
     pub relay_ports: RangeInclusive<u16>,
     pub config_path: PathBuf,
+    /// The TCP and TLS listening addresses, when asked for.
+    pub listen_tcp: Option<SocketAddr>,
+    pub listen_tls: Option<SocketAddr>,
     _dir: Option<TempDir>,
+}
+
+/// The stream listeners of a relay's config file.
+#[derive(Clone, Debug, Default)]
+struct StreamListen {
+    tcp: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    cert_dir: Option<PathBuf>,
 }
 
 impl Relay {
@@ -430,9 +457,19 @@ impl Relay {
             let metrics = opts
                 .metrics
                 .then(|| SocketAddr::new(LOCALHOST_V4, free_tcp_port()));
+            let streams = StreamListen {
+                tcp: opts.tcp.then(|| SocketAddr::new(ip, free_tcp_port_on(ip))),
+                tls: opts.tls.then(|| SocketAddr::new(ip, free_tcp_port_on(ip))),
+                cert_dir: Some(dir.path().to_path_buf()),
+            };
+            if opts.tls {
+                let pki = stream::pki();
+                std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).expect("cert");
+                std::fs::write(dir.path().join("key.pem"), &pki.key_pem).expect("key");
+            }
             std::fs::write(
                 &config_path,
-                config_text(&opts, listen, metrics, &relay_ports),
+                config_text(&opts, listen, metrics, &relay_ports, &streams),
             )
             .expect("write config");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_uturn"));
@@ -467,6 +504,8 @@ impl Relay {
                 metrics,
                 relay_ports: relay_ports.clone(),
                 config_path: config_path.clone(),
+                listen_tcp: streams.tcp,
+                listen_tls: streams.tls,
                 _dir: None,
             };
             match relay.wait_ready() {
@@ -530,9 +569,20 @@ impl Relay {
 
     /// Rewrites the config file with new options (for SIGHUP); the ports stay the same.
     pub fn rewrite_config(&mut self, opts: RelayOptions) {
+        let streams = StreamListen {
+            tcp: self.listen_tcp,
+            tls: self.listen_tls,
+            cert_dir: self.config_path.parent().map(Path::to_path_buf),
+        };
         std::fs::write(
             &self.config_path,
-            config_text(&opts, self.listen, self.metrics, &self.relay_ports),
+            config_text(
+                &opts,
+                self.listen,
+                self.metrics,
+                &self.relay_ports,
+                &streams,
+            ),
         )
         .expect("rewrite config");
         self.opts = opts;
@@ -587,6 +637,7 @@ fn config_text(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
     ports: &RangeInclusive<u16>,
+    streams: &StreamListen,
 ) -> String {
     let list = |v: &mut dyn Iterator<Item = String>| {
         v.map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
@@ -611,6 +662,14 @@ fn config_text(
     }
     if let Some(m) = metrics {
         let _ = writeln!(t, "metrics = \"{m}\"");
+    }
+    if let Some(a) = streams.tcp {
+        let _ = writeln!(t, "listen_tcp = [\"{a}\"]");
+    }
+    if let (Some(a), Some(dir)) = (streams.tls, &streams.cert_dir) {
+        let _ = writeln!(t, "listen_tls = [\"{a}\"]");
+        let _ = writeln!(t, "tls_cert = {:?}", dir.join("cert.pem"));
+        let _ = writeln!(t, "tls_key = {:?}", dir.join("key.pem"));
     }
     t.push_str(&o.extra_toml);
     t
@@ -836,7 +895,7 @@ impl Client {
     }
 }
 
-fn event_method(e: &Event) -> Method {
+pub(crate) fn event_method(e: &Event) -> Method {
     match e {
         Event::BindingSuccess { .. } => Method::BINDING,
         Event::Allocated(_) => Method::ALLOCATE,

@@ -2087,6 +2087,47 @@ mod tcp_relay {
         }
     }
 
+    /// coturn's uclient (and other clients) send ConnectionBind on the new data connection with
+    /// the nonce of the control connection: on streams a nonce holds for the client's IP, any
+    /// port. Over UDP it stays bound to the port too.
+    #[test]
+    fn the_control_connections_nonce_authenticates_a_data_connection() {
+        let mut h = tcp_h();
+        let a = allocate_tcp(&mut h, control(Transport::Tcp));
+        connect(&mut h, &a, peer(1)).expect("answered later");
+        let (_, _, id) = last_connect(&h);
+        h.connected(id, true);
+        h.deferred();
+        let data = data_conn(101, Transport::Tcp);
+        assert_ne!(data.client.port(), a.control.client.port());
+        let (_, r) = authed_on(
+            &mut h,
+            data,
+            ALICE,
+            &a.nonce,
+            Method::CONNECTION_BIND,
+            |e| e.add(&id).unwrap(),
+        )
+        .expect("answered at once");
+        assert_eq!(error_code(&r.bytes), None, "no 438 for the control nonce");
+        assert_eq!(h.tcp().splices, vec![(101, id)]);
+        // Another IP is another matter.
+        let stranger = conn(
+            102,
+            SocketAddr::new("192.0.2.99".parse().unwrap(), 4000),
+            Transport::Tcp,
+        );
+        let tid = h.tid();
+        let req = request(
+            Method::CONNECTION_BIND,
+            tid,
+            Some((&ALICE, &a.nonce)),
+            |e| e.add(&id).unwrap(),
+        );
+        let r = h.send_on(stranger, &req).expect("answered at once");
+        assert_eq!(error_code(&r.bytes), Some(438));
+    }
+
     #[test]
     fn connect_to_a_peer_already_connecting_is_446_and_a_failed_connect_is_447() {
         let mut h = tcp_h();

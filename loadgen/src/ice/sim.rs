@@ -10,7 +10,13 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
-use uturn::driver::{Counters, Handler, Io, RecvPacket, SockId, UdpOptions};
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+
+use uturn::driver::{
+    Counters, Handler, Io, ListenOptions, RecvPacket, SockId, StreamCounters, StreamId, StreamIo,
+    UdpOptions,
+};
 use uturn_proto::turn::auth::{Credentials as TurnCredentials, NonceKey};
 use uturn_proto::turn::policy::{PeerPolicy, PeerPolicyConfig};
 use uturn_proto::turn::{
@@ -70,6 +76,44 @@ pub struct SimIo {
     next_port: u16,
     out: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     counters: Counters,
+    streams: StreamCounters,
+}
+
+/// The simulated network is UDP only (the ICE scenario never opens a stream): every stream
+/// operation fails or does nothing.
+impl StreamIo for SimIo {
+    fn tcp_listen(&mut self, _: SocketAddr, _: ListenOptions) -> io::Result<StreamId> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn adopt_listener(&mut self, _: TcpListener) -> io::Result<StreamId> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn tcp_connect(&mut self, _: Option<SocketAddr>, _: SocketAddr) -> io::Result<StreamId> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn stream_adopt(&mut self, _: OwnedFd) -> io::Result<StreamId> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn stream_addrs(&self, _: StreamId) -> io::Result<(SocketAddr, Option<SocketAddr>)> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+    fn stream_set_reading(&mut self, _: StreamId, _: bool) {}
+    fn stream_send(&mut self, _: StreamId, _: &[u8]) -> usize {
+        0
+    }
+    fn stream_queued(&self, _: StreamId) -> usize {
+        0
+    }
+    fn stream_room(&self, _: StreamId) -> usize {
+        0
+    }
+    fn stream_close(&mut self, _: StreamId) {}
+    fn stream_detach(&mut self, _: StreamId) -> io::Result<OwnedFd> {
+        Err(io::ErrorKind::NotFound.into())
+    }
+    fn stream_counters(&self) -> &StreamCounters {
+        &self.streams
+    }
 }
 
 impl Io for SimIo {

@@ -424,7 +424,7 @@ impl Server {
         let mut e = start_error(out, msg.method(), msg.transaction_id(), rej.code)?;
         match rej.code {
             401 | 438 => {
-                let nonce = make_nonce(&self.cfg.nonce_key, tuple.client, now.unix_secs);
+                let nonce = make_nonce(&self.cfg.nonce_key, nonce_scope(tuple), now.unix_secs);
                 e.add(&Realm(&self.cfg.realm))?;
                 e.add(&Nonce(nonce.as_str()))?;
                 e.add(&PasswordAlgorithms::List(&OFFERED))?;
@@ -635,7 +635,7 @@ impl Server {
         let validity = self.cfg.nonce_validity.as_secs();
         match check_nonce(
             &self.cfg.nonce_key,
-            tuple.client,
+            nonce_scope(tuple),
             nonce.0,
             now.unix_secs,
             validity,
@@ -1750,6 +1750,18 @@ impl Server {
         self.stats.packets_to_client += 1;
         self.stats.bytes_to_client += len as u64;
         Some(Transmit { via, to, payload })
+    }
+}
+
+/// What a nonce is bound to: the client's address over UDP; only its IP over TCP and TLS, where
+/// RFC 6062 data connections come from new ports with the credentials of the control
+/// connection, and clients (coturn's turnutils_uclient among them) send their ConnectionBind
+/// with the control connection's nonce instead of waiting for a 401 on the new connection.
+/// The nonce is no secret either way: MESSAGE-INTEGRITY authenticates the request.
+fn nonce_scope(tuple: &FiveTuple) -> SocketAddr {
+    match tuple.transport {
+        Transport::Udp => tuple.client,
+        Transport::Tcp | Transport::Tls => SocketAddr::new(tuple.client.ip(), 0),
     }
 }
 
