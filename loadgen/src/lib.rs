@@ -9,11 +9,15 @@
 //! - [`turn_only`]: the turn-only scenario (TURN clients in relayed pairs).
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
+//! - [`churn`], [`idle`] on [`alloc_clients`]: the allocation benchmarks (rate, memory).
 
+pub mod alloc_clients;
+pub mod churn;
 pub mod cli;
 pub mod cpu;
 pub mod duration;
 pub mod fabric;
+pub mod idle;
 pub mod nat;
 pub mod preflight;
 pub mod report;

@@ -143,16 +143,22 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         });
         let (control, control_rx) = bounded::<Control>(4);
         let tx = report_tx.clone();
+        let gso_burst = config.gso_burst;
         let thread = std::thread::Builder::new()
             .name(format!("loadgen-{w}"))
             .spawn(move || {
                 if !driver::pin_current_thread(core_for(w, cores)) {
                     tracing::debug!(worker = w, "not pinned to a core");
                 }
-                let mut worker = Worker::new(scenario, plan, fabric, tx);
+                let mut worker = Worker::new(scenario, plan, fabric, tx).with_burst(gso_burst);
                 let cfg = DriverConfig {
                     recv_buffers: 8192,
                     send_buffers: 2048,
+                    // --gso-burst: the driver sends each agent's burst as one GSO send. Otherwise
+                    // no GSO, and never GRO: loadgen's traffic and its own receive cost must
+                    // not depend on what the server under test does.
+                    gso: gso_burst > 1,
+                    gro: false,
                     ..DriverConfig::default()
                 };
                 driver::run_worker(backend, &mut worker, Vec::new(), &control_rx, &cfg)
@@ -207,6 +213,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             size: config.size,
             max_rate: config.max_rate,
             threads,
+            gso_burst: config.gso_burst,
             nat: config.nat.to_string(),
             policy: match config.policy {
                 cli::Policy::All => "all".into(),
