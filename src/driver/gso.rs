@@ -88,6 +88,24 @@ pub fn write_segment_cmsg(control: &mut [u8; CMSG_SPACE], segment: u16) -> usize
     CMSG_SPACE
 }
 
+/// A sort key that makes sends from one socket to one destination adjacent: socket id in the
+/// high half, then the destination folded into 64 bits (exact for IPv4; IPv6 addresses are
+/// folded, and the rare collision only splits a run: runs compare destinations exactly). A u128
+/// compares far faster than `(SockId, SocketAddr)`, and sorting every batch showed in profiles.
+pub fn group_key(sock: u32, to: &std::net::SocketAddr) -> u128 {
+    let dest: u64 = match to {
+        std::net::SocketAddr::V4(a) => (u64::from(a.ip().to_bits()) << 16) | u64::from(a.port()),
+        std::net::SocketAddr::V6(a) => {
+            let ip = a.ip().to_bits();
+            let folded = (ip as u64) ^ ((ip >> 64) as u64).rotate_left(17);
+            (1 << 63)
+                | (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17) << 16
+                | u64::from(a.port())
+        }
+    };
+    (u128::from(sock) << 64) | u128::from(dest)
+}
+
 /// How many of the datagrams with lengths `lens` (in queue order, all to one socket and
 /// destination) form the next GSO run: the first one's length, repeated, and at most one shorter
 /// one to end it; at least 1 (a run of one is a plain send).
@@ -136,6 +154,19 @@ mod tests {
         assert_eq!(run_length(std::iter::repeat_n(10, 200)), MAX_SEGMENTS);
         // 1400-byte segments: 46 fit in MAX_BYTES.
         assert_eq!(run_length(std::iter::repeat_n(1400, 64)), MAX_BYTES / 1400);
+    }
+
+    #[test]
+    fn group_keys_separate_sockets_and_destinations() {
+        let a: std::net::SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let b: std::net::SocketAddr = "10.0.0.1:5001".parse().unwrap();
+        let v6: std::net::SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        assert_eq!(group_key(3, &a), group_key(3, &a));
+        assert_ne!(group_key(3, &a), group_key(3, &b));
+        assert_ne!(group_key(3, &a), group_key(4, &a));
+        assert_ne!(group_key(3, &a), group_key(3, &v6));
+        // Socket first: all of one socket's sends sort together.
+        assert!(group_key(3, &v6) < group_key(4, &a));
     }
 
     #[test]

@@ -573,7 +573,7 @@ impl Worker {
         let mut queue = std::mem::take(&mut self.queue);
         if self.gso {
             // Runs to one destination become adjacent (and stay in queue order).
-            queue.sort_unstable_by_key(|q| (q.via, q.dest, q.seq));
+            queue.sort_unstable_by_key(|q| (gso::group_key(q.via.0, &q.dest), q.seq));
         } else {
             queue.sort_unstable_by_key(|q| (q.via, q.seq));
         }

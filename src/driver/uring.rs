@@ -430,9 +430,14 @@ impl Worker {
         if let Some(big) = &w.big {
             let base = big.as_ptr();
             for bid in 0..u32::from(GRO_BUFFERS) {
-                // SAFETY: bid < GRO_BUFFERS: inside the region.
-                w.bufring
-                    .push(bid, unsafe { base.add(bid as usize * BIG_BUF) });
+                // SAFETY: bid < GRO_BUFFERS: inside the region, which no one else uses yet.
+                let at = unsafe { base.add(bid as usize * BIG_BUF) };
+                // Fault in the page every receive writes (header, address, a small datagram)
+                // now: a fixed 2 MiB at start rather than resident memory that grows with the
+                // first receives and looks like a cost per allocation.
+                // SAFETY: `at` is the start of a buffer inside the mapping.
+                unsafe { at.write_volatile(0) };
+                w.bufring.push(bid, at);
             }
             w.spare = (0..u32::from(count)).rev().collect();
         } else {
@@ -628,7 +633,7 @@ impl Worker {
             return;
         }
         let mut d = std::mem::take(&mut self.deferred);
-        d.sort_unstable_by_key(|x| (x.via, x.to, x.seq));
+        d.sort_unstable_by_key(|x| (gso::group_key(x.via.0, &x.to), x.seq));
         let mut i = 0;
         while i < d.len() {
             let (via, to) = (d[i].via, d[i].to);
