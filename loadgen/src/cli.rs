@@ -50,6 +50,10 @@ pub struct Args {
     /// Send as fast as possible instead of --rate.
     #[arg(long)]
     pub max_rate: bool,
+    /// Each agent sends N probes back to back, which leave as one UDP GSO send (a stand-in for
+    /// the coalescing a NIC's GRO does in front of a relay); 1 is off.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub gso_burst: usize,
     /// Which candidates ICE agents may use (ice mode).
     #[arg(long, value_enum, default_value_t = Policy::All)]
     pub policy: Policy,
@@ -127,6 +131,12 @@ pub enum Mode {
     TurnOnly,
     /// Pairs of ICE agents (RFC 8445): host, server-reflexive and relayed candidates.
     Ice,
+    /// Allocation churn: `--agents` clients allocate, delete and allocate again; reports
+    /// authenticated allocations per second (see `churn.rs`).
+    Churn,
+    /// `--agents` idle allocations held for `--duration`; reports the server's memory per
+    /// allocation (see `idle.rs`).
+    Idle,
 }
 
 impl Mode {
@@ -134,6 +144,8 @@ impl Mode {
         match self {
             Mode::TurnOnly => "turn-only",
             Mode::Ice => "ice",
+            Mode::Churn => "churn",
+            Mode::Idle => "idle",
         }
     }
 }
@@ -156,6 +168,7 @@ pub struct Config {
     pub rate: u32,
     pub size: usize,
     pub max_rate: bool,
+    pub gso_burst: usize,
     pub policy: Policy,
     pub nat: NatSpec,
     pub nat_matrix: bool,
@@ -273,6 +286,12 @@ impl Config {
         if a.rate > 1_000_000 {
             return Err(err("rate", "at most 1000000 per agent (use --max-rate)"));
         }
+        if !(1..=uturn::driver::gso::MAX_SEGMENTS).contains(&a.gso_burst) {
+            return Err(err(
+                "gso-burst",
+                format!("1 to {} probes", uturn::driver::gso::MAX_SEGMENTS),
+            ));
+        }
         if !(PROBE_LEN..=MAX_SIZE).contains(&a.size) {
             return Err(err("size", format!("{PROBE_LEN} to {MAX_SIZE} bytes")));
         }
@@ -311,6 +330,12 @@ impl Config {
                     );
                 }
             }
+        }
+        if matches!(a.mode, Mode::Churn | Mode::Idle) && nat != NatSpec::None {
+            return Err(err(
+                "nat",
+                "churn and idle clients have sockets of their own, without NATs",
+            ));
         }
         if (nat != NatSpec::None || a.nat_matrix) && !server.ip().is_loopback() {
             return Err(err(
@@ -373,6 +398,7 @@ impl Config {
             rate: a.rate,
             size: a.size,
             max_rate: a.max_rate,
+            gso_burst: a.gso_burst,
             policy: if a.mode == Mode::TurnOnly {
                 Policy::Relay
             } else {
@@ -436,7 +462,7 @@ fn resolve(s: &str) -> Result<SocketAddr, ConfigError> {
 pub fn sockets_per_agent(mode: Mode, nat: &NatSpec) -> u64 {
     match (mode, nat) {
         (_, NatSpec::None) => 1,
-        (Mode::TurnOnly, _) => 1,
+        (Mode::TurnOnly | Mode::Churn | Mode::Idle, _) => 1,
         (Mode::Ice, NatSpec::Fixed(b)) => match b.mapping {
             crate::nat::Mapping::EndpointIndependent => 1,
             crate::nat::Mapping::AddressDependent => 2,

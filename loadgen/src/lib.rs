@@ -12,12 +12,16 @@
 //! - [`preflight`]: STUN Binding + TURN Allocate + CreatePermission before the load.
 //! - [`stream_leg`]: `--transport tcp|tls`, agents' TURN clients on TCP or TLS connections.
 //! - [`stats`], [`report`], [`cpu`]: measurements, the JSON report, the summary, the plot.
+//! - [`churn`], [`idle`] on [`alloc_clients`]: the allocation benchmarks (rate, memory).
 
+pub mod alloc_clients;
+pub mod churn;
 pub mod cli;
 pub mod cpu;
 pub mod duration;
 pub mod fabric;
 pub mod ice;
+pub mod idle;
 pub mod nat;
 pub mod natcheck;
 pub mod preflight;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use loadgen::cli::{Args, Config};
+use loadgen::cli::{Args, Config, Mode};
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
@@ -26,6 +26,32 @@ fn main() -> ExitCode {
     };
     for note in &config.notes {
         eprintln!("note: {note}");
+    }
+    // The allocation benchmarks have reports of their own.
+    let alloc_bench = match config.mode {
+        Mode::Churn => {
+            Some(loadgen::churn::run(&config).map(|r| (r.summary(), r.allocations.failed)))
+        }
+        Mode::Idle => {
+            Some(loadgen::idle::run(&config).map(|r| (r.summary(), r.allocations.failed)))
+        }
+        Mode::TurnOnly | Mode::Ice => None,
+    };
+    if let Some(result) = alloc_bench {
+        return match result {
+            Ok((summary, failed)) => {
+                print!("{summary}");
+                if failed > 0 {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     match loadgen::run::run(&config) {
         Ok(outcome) => {

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub policy: String,
     /// Client-to-server leg: udp, tcp or tls.
     pub transport: String,
+    /// `--gso-burst`: probes each agent sends back to back as one UDP GSO send (1: off).
+    pub gso_burst: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -311,11 +313,14 @@ impl Report {
     pub fn summary(&self) -> String {
         let c = &self.config;
         let mut out = String::new();
-        let rate = if c.max_rate {
+        let mut rate = if c.max_rate {
             "as fast as possible".to_string()
         } else {
             format!("{} pps", c.rate)
         };
+        if c.gso_burst > 1 {
+            rate += &format!(" in GSO bursts of {}", c.gso_burst);
+        }
         let _ = writeln!(
             out,
             "loadgen {}: {} agents against {} for {}s (ramp {}s), {} x {} B per agent, nat {}, {}",
@@ -578,6 +583,7 @@ mod tests {
             rate: 50,
             size: 160,
             max_rate: false,
+            gso_burst: 1,
             threads: 2,
             nat: "none".into(),
             policy: "relay".into(),

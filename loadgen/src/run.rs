@@ -52,6 +52,8 @@ pub enum RunError {
         path: String,
         reason: String,
     },
+    #[error("--mode {0} has a runner of its own (loadgen::churn, loadgen::idle)")]
+    NotAgentMode(&'static str),
 }
 
 /// What a finished run returns.
@@ -69,6 +71,9 @@ struct WorkerThread {
 
 /// Runs the load described by `config`; prints progress on stderr unless `config.quiet`.
 pub fn run(config: &Config) -> Result<Outcome, RunError> {
+    if matches!(config.mode, Mode::Churn | Mode::Idle) {
+        return Err(RunError::NotAgentMode(config.mode.name()));
+    }
     cli::check_open_files(config)?;
     let pre = match config.transport {
         Transport::Udp => preflight::run(config.server, &config.credentials)?,
@@ -147,7 +152,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         let lans = w as u32 * lans_per_worker..(w as u32 + 1) * lans_per_worker;
         let fabric = Fabric::new(direct_ip, lans, nat_seed);
         let scenario: Box<dyn Scenario + Send> = match config.mode {
-            Mode::TurnOnly => Box::new(TurnOnly::new(TurnOnlyConfig {
+            Mode::TurnOnly | Mode::Churn | Mode::Idle => Box::new(TurnOnly::new(TurnOnlyConfig {
                 server: config.server,
                 credentials: config.credentials.clone(),
                 nat: config.nat,
@@ -173,16 +178,22 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         };
         let (control, control_rx) = bounded::<Control>(4);
         let tx = report_tx.clone();
+        let gso_burst = config.gso_burst;
         let thread = std::thread::Builder::new()
             .name(format!("loadgen-{w}"))
             .spawn(move || {
                 if !driver::pin_current_thread(core_for(w, cores)) {
                     tracing::debug!(worker = w, "not pinned to a core");
                 }
-                let mut worker = Worker::new(scenario, plan, fabric, tx);
+                let mut worker = Worker::new(scenario, plan, fabric, tx).with_burst(gso_burst);
                 let cfg = DriverConfig {
                     recv_buffers: 8192,
                     send_buffers: 2048,
+                    // --gso-burst: the driver sends each agent's burst as one GSO send. Otherwise
+                    // no GSO, and never GRO: loadgen's traffic and its own receive cost must
+                    // not depend on what the server under test does.
+                    gso: gso_burst > 1,
+                    gro: false,
                     ..DriverConfig::default()
                 };
                 driver::run_worker(backend, &mut worker, Vec::new(), &control_rx, &cfg)
@@ -227,7 +238,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
 
     let window_s = config.duration.as_secs_f64();
     let relay_hops = match config.mode {
-        Mode::TurnOnly => 2.0,
+        Mode::TurnOnly | Mode::Churn | Mode::Idle => 2.0,
         // The mean over connected agents of the relayed candidates on their path.
         Mode::Ice if stats.connected > 0 => stats.relay_hops as f64 / stats.connected as f64,
         Mode::Ice => 0.0,
@@ -244,6 +255,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             size: config.size,
             max_rate: config.max_rate,
             threads,
+            gso_burst: config.gso_burst,
             nat: if config.nat_matrix {
                 "matrix".into()
             } else {

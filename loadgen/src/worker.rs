@@ -445,6 +445,8 @@ pub struct Worker<S: Scenario> {
     chaos_done: bool,
     next_second: Instant,
     next_setup_check: Instant,
+    /// Probes each agent sends back to back (`--gso-burst`); 1 normally.
+    burst: usize,
 }
 
 impl<S: Scenario> std::fmt::Debug for Worker<S> {
@@ -469,7 +471,15 @@ impl<S: Scenario> Worker<S> {
             chaos_done: false,
             next_second,
             next_setup_check: next_second,
+            burst: 1,
         }
+    }
+
+    /// Each agent sends `n` probes back to back (at `n` times the interval when paced), so
+    /// that a driver with GSO sends them as one (`--gso-burst`).
+    pub fn with_burst(mut self, n: usize) -> Self {
+        self.burst = n.max(1);
+        self
     }
 
     pub fn scenario(&self) -> &S {
@@ -521,12 +531,14 @@ impl<S: Scenario> Worker<S> {
                 let i = self.core.flood_next % self.core.flood.len();
                 self.core.flood_next = i + 1;
                 let agent = self.core.flood[i];
-                self.send_probe(now, agent, io);
-                budget -= 1;
+                for _ in 0..self.burst {
+                    self.send_probe(now, agent, io);
+                }
+                budget = budget.saturating_sub(self.burst);
             }
             return;
         }
-        let step = Duration::from_nanos(self.core.interval_ns);
+        let step = Duration::from_nanos(self.core.interval_ns * self.burst as u64);
         while budget > 0 {
             let Some(&Reverse((at, agent))) = self.core.pacer.peek() else {
                 break;
@@ -535,8 +547,10 @@ impl<S: Scenario> Worker<S> {
                 break;
             }
             self.core.pacer.pop();
-            self.send_probe(now, agent, io);
-            budget -= 1;
+            for _ in 0..self.burst {
+                self.send_probe(now, agent, io);
+            }
+            budget = budget.saturating_sub(self.burst);
             // Keep the schedule (no drift), catching up on short stalls so that the rate holds;
             // after a stall longer than CATCH_UP the backlog is dropped rather than burst out.
             let next = at + step;

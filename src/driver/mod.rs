@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+pub mod gso;
 mod pool;
 pub mod portable;
 mod sock;
@@ -251,6 +252,12 @@ pub struct Counters {
     /// Sends dropped by the driver itself: closed or unknown socket, range outside the buffer,
     /// no send buffer free, message too large for a send buffer.
     pub drops: u64,
+    /// GSO sends made ([`DriverConfig::gso`]): each carried two or more of the datagrams
+    /// counted in `send_packets`.
+    pub gso_sends: u64,
+    /// Coalesced receives ([`DriverConfig::gro`]) split into datagrams; the datagrams are
+    /// counted in `recv_packets`.
+    pub gro_receives: u64,
 }
 
 /// Tunables of one worker. The defaults suit a relay worker; loadgen may want more sockets.
@@ -265,6 +272,22 @@ pub struct DriverConfig {
     pub ring_entries: u32,
     /// Longest the worker gives in-flight sends to complete at [`Control::Stop`].
     pub drain_timeout: Duration,
+    /// UDP GSO: datagrams queued in one batch with the same socket, destination and length
+    /// leave as one `UDP_SEGMENT` send (see [`gso`]). They still arrive as separate datagrams.
+    /// On by default.
+    pub gso: bool,
+    /// UDP GRO: sockets may receive several datagrams of one flow coalesced; the driver splits
+    /// them and the handler sees each as its own packet. Segments after the first are copied
+    /// into buffers of their own (each needs its own headroom); with io_uring every datagram is
+    /// received into a large buffer and copied out (see `uring.rs`). On by default.
+    pub gro: bool,
+    /// io_uring only: a kernel thread polls the submission queue (SQPOLL), going idle after
+    /// this many milliseconds without work. Off by default (see tuning/README.md).
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Busy polling of the NIC queue the traffic arrives on, in microseconds: io_uring NAPI
+    /// busy poll (`IORING_REGISTER_NAPI`) or `SO_BUSY_POLL` on each socket (portable). Needs a
+    /// NIC with NAPI: on loopback it does nothing. Off by default.
+    pub busy_poll_us: Option<u32>,
 }
 
 impl Default for DriverConfig {
@@ -274,7 +297,71 @@ impl Default for DriverConfig {
             send_buffers: 1024,
             ring_entries: 1024,
             drain_timeout: Duration::from_millis(300),
+            // Both measured a win for heavy flows and no loss for many small ones on both
+            // backends (tuning/README.md, "Going past the naive kernel path").
+            gso: true,
+            gro: true,
+            sqpoll_idle_ms: None,
+            busy_poll_us: None,
         }
+    }
+}
+
+/// The environment variable [`DriverConfig::with_env_overrides`] reads.
+pub const ENV_OVERRIDES: &str = "UTURN_DRIVER";
+
+impl DriverConfig {
+    /// Applies `UTURN_DRIVER=key=value,...` on top of `self`: the knobs the benchmark harness
+    /// (tuning/bench.py) turns to compare kernel paths under one binary. Keys: `gso`, `gro`
+    /// (0 or 1), `ring_entries`, `recv_buffers`, `send_buffers`, `sqpoll` (idle ms, 0 off),
+    /// `busy_poll` (microseconds, 0 off). Unknown keys and bad values
+    /// are logged and ignored: a benchmark knob must not stop a relay from starting.
+    pub fn with_env_overrides(self) -> Self {
+        match std::env::var(ENV_OVERRIDES) {
+            Ok(spec) => self.with_overrides(&spec),
+            Err(_) => self,
+        }
+    }
+
+    /// [`DriverConfig::with_env_overrides`] with the variable's value given.
+    pub fn with_overrides(mut self, spec: &str) -> Self {
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let Some((key, value)) = item.split_once('=') else {
+                tracing::warn!(item, "{ENV_OVERRIDES}: expected key=value");
+                continue;
+            };
+            let flag = match value {
+                "1" | "on" | "true" => Some(true),
+                "0" | "off" | "false" => Some(false),
+                _ => None,
+            };
+            let ok = match (key, flag) {
+                ("gso", Some(f)) => {
+                    self.gso = f;
+                    true
+                }
+                ("gro", Some(f)) => {
+                    self.gro = f;
+                    true
+                }
+                ("ring_entries", _) => value.parse().map(|v| self.ring_entries = v).is_ok(),
+                ("sqpoll", _) => value
+                    .parse()
+                    .map(|v: u32| self.sqpoll_idle_ms = (v > 0).then_some(v))
+                    .is_ok(),
+                ("busy_poll", _) => value
+                    .parse()
+                    .map(|v: u32| self.busy_poll_us = (v > 0).then_some(v))
+                    .is_ok(),
+                ("recv_buffers", _) => value.parse().map(|v| self.recv_buffers = v).is_ok(),
+                ("send_buffers", _) => value.parse().map(|v| self.send_buffers = v).is_ok(),
+                _ => false,
+            };
+            if !ok {
+                tracing::warn!(item, "{ENV_OVERRIDES}: unknown key or bad value, ignored");
+            }
+        }
+        self
     }
 }
 
@@ -313,6 +400,7 @@ pub fn run_worker<H: Handler>(
     control: &Receiver<Control>,
     config: &DriverConfig,
 ) -> Result<Counters, DriverError> {
+    let config = &config.with_env_overrides();
     if !config.recv_buffers.is_power_of_two() || config.recv_buffers > 32768 {
         return Err(DriverError::Config(
             "recv_buffers must be a power of two, at most 32768",
@@ -368,4 +456,22 @@ pub(crate) fn wait_budget(next: Option<Instant>, now: Instant) -> Duration {
 /// headroom (a header written in front of the datagram).
 pub(crate) fn valid_range(range: &Range<usize>) -> bool {
     range.start <= range.end && range.end <= BUF_SIZE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_known_keys_and_ignore_the_rest() {
+        let c = DriverConfig::default().with_overrides("gso=1, gro=on,ring_entries=2048,x=1,gro");
+        assert!(c.gso && c.gro);
+        assert_eq!(c.ring_entries, 2048);
+        let c = c.with_overrides("gso=0,recv_buffers=lots,send_buffers=8,sqpoll=5,busy_poll=0");
+        assert_eq!((c.sqpoll_idle_ms, c.busy_poll_us), (Some(5), None));
+        assert!(!c.gso && c.gro);
+        assert_eq!(c.recv_buffers, DriverConfig::default().recv_buffers);
+        assert_eq!(c.send_buffers, 8);
+        assert!(DriverConfig::default().with_overrides("").recv_buffers > 0);
+    }
 }

@@ -21,17 +21,27 @@ pub(crate) struct Region {
 
 impl Region {
     pub(crate) fn new(len: usize) -> io::Result<Region> {
+        Self::map(len, libc::MAP_POPULATE)
+    }
+
+    /// Like [`Region::new`], but pages are faulted in when first touched: for large buffers of
+    /// which usually only the first page is used (GRO receive buffers).
+    pub(crate) fn new_lazy(len: usize) -> io::Result<Region> {
+        Self::map(len, 0)
+    }
+
+    fn map(len: usize, populate: libc::c_int) -> io::Result<Region> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty region"));
         }
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched. MAP_POPULATE
-        // faults the pages in now rather than on the first datagram.
+        // (unless lazy) faults the pages in now rather than on the first datagram.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate,
                 -1,
                 0,
             )
@@ -106,6 +116,16 @@ impl BufPool {
         let n = returned.len().min(max);
         let from = returned.len() - n;
         out.extend(returned.drain(from..));
+    }
+
+    /// Pops one given-back index (the portable backend's free list).
+    pub(crate) fn take_one(&self) -> Option<u32> {
+        self.returned.borrow_mut().pop()
+    }
+
+    /// How many given-back indices there are (the portable backend's free buffers).
+    pub(crate) fn available(&self) -> usize {
+        self.returned.borrow().len()
     }
 
     pub(crate) fn has_returned(&self) -> bool {

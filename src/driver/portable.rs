@@ -24,7 +24,8 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use socket2::SockAddr;
 
-use super::pool::{BufPool, Packet, SendPool};
+use super::gso;
+use super::pool::{BufPool, Packet, Region, SendPool};
 use super::sock::{bind_udp_with, SockTable, UdpOptions};
 use super::sockaddr::{self, NAME_LEN};
 mod stream;
@@ -66,6 +67,8 @@ struct QueuedSend {
     via: SockId,
     /// Position in the queue, to keep per-socket order through an unstable sort.
     seq: u32,
+    /// The destination, for grouping GSO runs; `to` is the same as the kernel reads it.
+    dest: SocketAddr,
     to: SockAddr,
     buf: SendBuf,
     start: u32,
@@ -89,7 +92,27 @@ struct RecvMeta {
     len: u32,
     truncated: bool,
     from: Option<SocketAddr>,
+    /// GRO: the segment size of a coalesced datagram (`len` > `segment`).
+    segment: Option<usize>,
+    /// Which message of the batch (its staging area, with GRO).
+    msg: usize,
 }
+
+/// Segments of a coalesced datagram still to deliver, copied out of the receive buffers.
+#[derive(Debug)]
+struct GroPending {
+    sock: SockId,
+    from: SocketAddr,
+    data: Vec<u8>,
+    segment: usize,
+    next: usize,
+}
+
+/// With GRO, the bytes of a coalesced datagram past the receive buffer land here: one area per
+/// message of a batch, so that a 64 KiB datagram fits.
+const STAGE_LEN: usize = 65_536 - MAX_DATAGRAM;
+/// Control space per received message (one `UDP_GRO` message needs [`gso::CMSG_SPACE`]).
+const RCONTROL: usize = 64;
 
 /// One worker's epoll set, buffers and sockets. Implements [`Io`] for the handler.
 pub struct Worker {
@@ -106,9 +129,25 @@ pub struct Worker {
     rnames: Vec<Name>,
     rbufs: Vec<u32>,
     got: Vec<RecvMeta>,
-    /// Scratch for sendmmsg.
+    /// Scratch for a coalesced datagram's later segments: (buffer, length).
+    segs: Vec<(u32, usize)>,
+    /// GRO: the rest of a coalesced datagram whose segments found no free buffer, delivered
+    /// before anything else is read; and the spare byte vector it reuses.
+    gro_pending: Option<GroPending>,
+    gro_spill: Vec<u8>,
+    /// Control messages received (GRO segment sizes), one area per message.
+    rcontrol: Vec<[u8; RCONTROL]>,
+    /// GRO staging, `BATCH * STAGE_LEN` bytes; `None` without GRO.
+    stage: Option<Region>,
+    /// Scratch for sendmmsg: headers, iovecs (up to [`gso::MAX_SEGMENTS`] per message with GSO),
+    /// `UDP_SEGMENT` control messages, and how many queued sends each message carries.
     smsgs: Vec<libc::mmsghdr>,
     siov: Vec<libc::iovec>,
+    scmsg: Vec<[u8; gso::CMSG_SPACE]>,
+    sruns: Vec<usize>,
+    gso: bool,
+    gro: bool,
+    busy_poll_us: Option<u32>,
     events: Vec<libc::epoll_event>,
     /// Scratch for `flush`: per socket group, (end of the handled part, end of the group).
     groups: Vec<(usize, usize)>,
@@ -177,6 +216,11 @@ impl Worker {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
+        let stage = if config.gro {
+            Some(Region::new(BATCH * STAGE_LEN).map_err(DriverError::io("GRO staging"))?)
+        } else {
+            None
+        };
         Ok(Worker {
             epfd,
             pool,
@@ -185,12 +229,33 @@ impl Worker {
             ready: Vec::new(),
             queue: Vec::new(),
             rmsgs: vec![zeroed_mmsghdr(); BATCH],
-            riov: vec![iov0; BATCH],
+            riov: vec![iov0; 2 * BATCH],
             rnames: vec![Name([0; NAME_LEN]); BATCH],
             rbufs: Vec::with_capacity(BATCH),
             got: Vec::with_capacity(BATCH),
+            segs: Vec::with_capacity(gso::MAX_SEGMENTS),
+            gro_pending: None,
+            gro_spill: if config.gro {
+                Vec::with_capacity(65_536)
+            } else {
+                Vec::new()
+            },
+            rcontrol: vec![[0; RCONTROL]; BATCH],
+            stage,
             smsgs: vec![zeroed_mmsghdr(); BATCH],
-            siov: vec![iov0; BATCH],
+            siov: vec![
+                iov0;
+                if config.gso {
+                    BATCH * gso::MAX_SEGMENTS
+                } else {
+                    BATCH
+                }
+            ],
+            scmsg: vec![[0; gso::CMSG_SPACE]; BATCH],
+            sruns: vec![0; BATCH],
+            gso: config.gso,
+            gro: config.gro,
+            busy_poll_us: config.busy_poll_us,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             groups: Vec::new(),
             spare_queue: Vec::new(),
@@ -202,6 +267,23 @@ impl Worker {
 
     fn adopt(&mut self, sock: UdpSocket) -> io::Result<SockId> {
         sock.set_nonblocking(true)?;
+        if self.gro {
+            gso::enable_gro(sock.as_raw_fd())?;
+        }
+        if let Some(us) = self.busy_poll_us {
+            // Best effort: without CAP_NET_ADMIN a value above net.core.busy_read is refused.
+            let v = us as libc::c_int;
+            // SAFETY: a valid fd and a pointer to a c_int that lives for the call.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_BUSY_POLL,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
         let local = sock.local_addr()?;
         let fd = OwnedFd::from(sock);
         let raw = fd.as_raw_fd();
@@ -229,16 +311,25 @@ impl Worker {
             _ => return RecvOutcome::Drained,
         };
         self.rbufs.clear();
-        self.pool.take_some(BATCH, &mut self.rbufs);
+        // With GRO, each message may need up to MAX_SEGMENTS buffers for its segments: read no
+        // more messages than the free buffers can split (at least one; a datagram that still
+        // runs short waits in `gro_pending`).
+        let want = if self.gro {
+            (self.pool.available() / gso::MAX_SEGMENTS).clamp(1, BATCH)
+        } else {
+            BATCH
+        };
+        self.pool.take_some(want, &mut self.rbufs);
         let n = self.rbufs.len();
         if n == 0 {
             self.counters.enobufs += 1;
             return RecvOutcome::NoBuffers;
         }
+        let stage = self.stage.as_ref().map(|r| r.as_ptr());
         for i in 0..n {
             // SAFETY: HEADROOM < BUF_SIZE, inside buffer rbufs[i].
             let base = unsafe { self.pool.buf_ptr(self.rbufs[i]).add(HEADROOM) };
-            self.riov[i] = libc::iovec {
+            self.riov[2 * i] = libc::iovec {
                 iov_base: base.cast(),
                 iov_len: MAX_DATAGRAM,
             };
@@ -246,13 +337,26 @@ impl Worker {
             *hdr = zeroed_mmsghdr().msg_hdr;
             hdr.msg_name = self.rnames[i].0.as_mut_ptr().cast();
             hdr.msg_namelen = NAME_LEN as u32;
-            hdr.msg_iov = &mut self.riov[i];
+            hdr.msg_iov = &mut self.riov[2 * i];
             hdr.msg_iovlen = 1;
+            if let Some(stage) = stage {
+                // A coalesced datagram continues past the buffer into this message's staging
+                // area; the kernel says the segment size in a control message.
+                self.riov[2 * i + 1] = libc::iovec {
+                    // SAFETY: i < BATCH: inside the BATCH * STAGE_LEN staging region.
+                    iov_base: unsafe { stage.add(i * STAGE_LEN) }.cast(),
+                    iov_len: STAGE_LEN,
+                };
+                hdr.msg_iovlen = 2;
+                hdr.msg_control = self.rcontrol[i].as_mut_ptr().cast();
+                hdr.msg_controllen = RCONTROL as _;
+            }
             self.rmsgs[i].msg_len = 0;
         }
-        // SAFETY: rmsgs[..n] point at rnames[i] (NAME_LEN bytes) and riov[i], which point at
-        // MAX_DATAGRAM bytes of buffers this worker took off the free list; nothing else reads or
-        // writes them during the call. MSG_DONTWAIT: never blocks.
+        // SAFETY: rmsgs[..n] point at rnames[i] (NAME_LEN bytes), riov[2i] (MAX_DATAGRAM bytes
+        // of a buffer this worker took off the free list), with GRO riov[2i + 1] (this
+        // message's staging area) and rcontrol[i]; nothing else reads or writes them during the
+        // call. MSG_DONTWAIT: never blocks.
         let ret = unsafe {
             libc::recvmmsg(
                 fd,
@@ -282,24 +386,36 @@ impl Worker {
         for i in 0..got_n {
             let m = &self.rmsgs[i];
             let namelen = (m.msg_hdr.msg_namelen as usize).min(NAME_LEN);
+            let len = m.msg_len as usize;
+            let segment = if self.gro {
+                // size_t on glibc, socklen_t on musl.
+                #[allow(clippy::unnecessary_cast)]
+                let clen = (m.msg_hdr.msg_controllen as usize).min(RCONTROL);
+                gso::gro_segment_size(&self.rcontrol[i][..clen]).filter(|&g| g < len)
+            } else {
+                None
+            };
+            let too_long = match segment {
+                Some(g) => g > MAX_DATAGRAM,
+                None => len > MAX_DATAGRAM,
+            };
             self.got.push(RecvMeta {
                 bid: self.rbufs[i],
                 len: m.msg_len,
-                truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0
-                    || m.msg_len as usize > MAX_DATAGRAM,
+                truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || too_long,
                 from: sockaddr::parse(&self.rnames[i].0, namelen),
+                segment,
+                msg: i,
             });
         }
         for &bid in &self.rbufs[got_n..] {
             self.pool.give_back(bid);
         }
         let got = std::mem::take(&mut self.got);
+        let mut segs = std::mem::take(&mut self.segs);
         for m in &got {
-            let pkt = Packet::new(
-                self.pool.clone(),
-                m.bid,
-                HEADROOM..HEADROOM + (m.len as usize).min(MAX_DATAGRAM),
-            );
+            let first = m.segment.unwrap_or(m.len as usize).min(MAX_DATAGRAM);
+            let pkt = Packet::new(self.pool.clone(), m.bid, HEADROOM..HEADROOM + first);
             if m.truncated {
                 self.counters.truncated += 1;
                 continue;
@@ -308,14 +424,39 @@ impl Worker {
                 self.counters.recv_errors += 1;
                 continue;
             };
+            segs.clear();
+            if self.gro_pending.is_some() {
+                // Cannot happen with the read limit above; never deliver out of order.
+                self.counters.enobufs += 1;
+                continue;
+            }
+            if let Some(g) = m.segment {
+                // Copy the later segments out before the handler sees the first: it may write
+                // past the first one's end (padding) into the second.
+                self.counters.gro_receives += 1;
+                self.split_segments(id, m, g, &mut segs);
+            }
             // A handler may close the socket while its batch is being delivered.
             if !matches!(self.socks.get(id), Some(s) if !s.closing) {
+                for &(bid, _) in &segs {
+                    self.pool.give_back(bid);
+                }
                 continue;
             }
             self.counters.recv_packets += 1;
-            self.counters.recv_bytes += u64::from(m.len);
+            self.counters.recv_bytes += first as u64;
             handler.on_recv(now, id, from, pkt, self);
+            for &(bid, len) in &segs {
+                let pkt = Packet::new(self.pool.clone(), bid, HEADROOM..HEADROOM + len);
+                if !matches!(self.socks.get(id), Some(s) if !s.closing) {
+                    continue; // dropping the packet returns its buffer
+                }
+                self.counters.recv_packets += 1;
+                self.counters.recv_bytes += len as u64;
+                handler.on_recv(now, id, from, pkt, self);
+            }
         }
+        self.segs = segs;
         self.got = got;
         if got_n < n {
             RecvOutcome::Drained
@@ -324,11 +465,89 @@ impl Worker {
         }
     }
 
+    /// Copies segments 1.. of a coalesced datagram (segment size `g`) into free buffers, at
+    /// HEADROOM; appends (buffer, length) to `out`. A segment with no free buffer is dropped and
+    /// counted in `enobufs`.
+    fn split_segments(
+        &mut self,
+        sock: SockId,
+        m: &RecvMeta,
+        g: usize,
+        out: &mut Vec<(u32, usize)>,
+    ) {
+        let len = m.len as usize;
+        let src = self.pool.buf_ptr(m.bid);
+        let Some(stage) = self.stage.as_ref().map(|r| r.as_ptr()) else {
+            return;
+        };
+        for r in gso::segments(len, g).skip(1) {
+            let (bid, dst) = match self.pool.take_one() {
+                Some(bid) => (bid, self.pool.buf_ptr(bid)),
+                None => {
+                    // Out of buffers: the rest waits, copied out (the staging area is reused by
+                    // the next read).
+                    self.counters.enobufs += 1;
+                    let mut data = std::mem::take(&mut self.gro_spill);
+                    data.clear();
+                    data.resize(len - r.start, 0);
+                    let in_buf = r.start.min(MAX_DATAGRAM)..MAX_DATAGRAM.min(len);
+                    let in_stage = r.start.max(MAX_DATAGRAM) - MAX_DATAGRAM
+                        ..len.max(MAX_DATAGRAM) - MAX_DATAGRAM;
+                    // SAFETY: as below; `data` has room for both parts (len - r.start bytes).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.add(HEADROOM + in_buf.start),
+                            data.as_mut_ptr(),
+                            in_buf.len(),
+                        );
+                        std::ptr::copy_nonoverlapping(
+                            stage.add(m.msg * STAGE_LEN + in_stage.start),
+                            data.as_mut_ptr().add(in_buf.len()),
+                            in_stage.len(),
+                        );
+                    }
+                    self.gro_pending = m.from.map(|from| GroPending {
+                        sock,
+                        from,
+                        data,
+                        segment: g,
+                        next: 0,
+                    });
+                    return;
+                }
+            };
+            // The datagram's bytes [0, MAX_DATAGRAM) are in the buffer at HEADROOM, the rest in
+            // the message's staging area.
+            let in_buf = r.start.min(MAX_DATAGRAM)..r.end.min(MAX_DATAGRAM);
+            let in_stage =
+                r.start.max(MAX_DATAGRAM) - MAX_DATAGRAM..r.end.max(MAX_DATAGRAM) - MAX_DATAGRAM;
+            // SAFETY: both buffers belong to this worker and no Packet for `bid` exists yet;
+            // `m.bid`'s Packet is not handed out until the copies are done. Ranges: r.len() <= g
+            // <= MAX_DATAGRAM fits at HEADROOM; `in_buf` ends at MAX_DATAGRAM at most, inside
+            // the source buffer; `in_stage` ends at len - MAX_DATAGRAM <= STAGE_LEN, inside this
+            // message's staging area (the kernel wrote `len` bytes over the two).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.add(HEADROOM + in_buf.start),
+                    dst.add(HEADROOM),
+                    in_buf.len(),
+                );
+                std::ptr::copy_nonoverlapping(
+                    stage.add(m.msg * STAGE_LEN + in_stage.start),
+                    dst.add(HEADROOM + in_buf.len()),
+                    in_stage.len(),
+                );
+            }
+            out.push((bid, r.len()));
+        }
+    }
+
     fn queue_send(&mut self, via: SockId, to: SocketAddr, buf: SendBuf, range: Range<usize>) {
         let seq = self.queue.len() as u32;
         self.queue.push(QueuedSend {
             via,
             seq,
+            dest: to,
             to: SockAddr::from(to),
             buf,
             start: range.start as u32,
@@ -357,7 +576,12 @@ impl Worker {
             return;
         }
         let mut queue = std::mem::take(&mut self.queue);
-        queue.sort_unstable_by_key(|q| (q.via, q.seq));
+        if self.gso {
+            // Runs to one destination become adjacent (and stay in queue order).
+            queue.sort_unstable_by_key(|q| (gso::group_key(q.via.0, &q.dest), q.seq));
+        } else {
+            queue.sort_unstable_by_key(|q| (q.via, q.seq));
+        }
         // First pass: send each socket's group; remember where each group's unsent tail starts.
         let mut groups = std::mem::take(&mut self.groups);
         groups.clear();
@@ -400,39 +624,69 @@ impl Worker {
         self.queue = kept;
     }
 
-    /// Sends `group` (all via `via`) with as few `sendmmsg` calls as possible. Returns how many
-    /// were handled (sent, or failed and counted); the rest wait for EPOLLOUT.
+    /// Sends `group` (all via `via`) with as few `sendmmsg` calls as possible; with GSO each
+    /// run of datagrams to one destination with one length is one message. Returns how many
+    /// queued sends were handled (sent, or failed and counted); the rest wait for EPOLLOUT.
     fn send_group(&mut self, via: SockId, fd: RawFd, group: &[QueuedSend]) -> usize {
         let mut k = 0usize;
         while k < group.len() {
-            let n = (group.len() - k).min(BATCH);
-            for m in 0..n {
-                let q = &group[k + m];
-                // SAFETY: start + len <= BUF_SIZE was checked when the send was queued.
-                let base = unsafe { self.buf_ptr(&q.buf).add(q.start as usize) };
-                self.siov[m] = libc::iovec {
-                    iov_base: base.cast(),
-                    iov_len: q.len as usize,
+            // Build up to BATCH messages from group[k..].
+            let mut n = 0usize;
+            let mut iov = 0usize;
+            let mut next = k;
+            while n < BATCH && next < group.len() {
+                let run = if self.gso {
+                    let dest = group[next].dest;
+                    gso::run_length(
+                        group[next..]
+                            .iter()
+                            .take_while(|q| q.dest == dest)
+                            .map(|q| q.len as usize),
+                    )
+                } else {
+                    1
                 };
-                let hdr = &mut self.smsgs[m].msg_hdr;
+                for (j, q) in group[next..next + run].iter().enumerate() {
+                    // SAFETY: start + len <= BUF_SIZE was checked when the send was queued.
+                    let base = unsafe { self.buf_ptr(&q.buf).add(q.start as usize) };
+                    self.siov[iov + j] = libc::iovec {
+                        iov_base: base.cast(),
+                        iov_len: q.len as usize,
+                    };
+                }
+                let q = &group[next];
+                let hdr = &mut self.smsgs[n].msg_hdr;
                 *hdr = zeroed_mmsghdr().msg_hdr;
                 hdr.msg_name = q.to.as_ptr() as *mut libc::c_void;
                 hdr.msg_namelen = q.to.len();
-                hdr.msg_iov = &mut self.siov[m];
-                hdr.msg_iovlen = 1;
-                self.smsgs[m].msg_len = 0;
+                hdr.msg_iov = &mut self.siov[iov];
+                hdr.msg_iovlen = run;
+                if run > 1 {
+                    let len = gso::write_segment_cmsg(&mut self.scmsg[n], q.len as u16);
+                    hdr.msg_control = self.scmsg[n].as_mut_ptr().cast();
+                    hdr.msg_controllen = len as _;
+                }
+                self.smsgs[n].msg_len = 0;
+                self.sruns[n] = run;
+                n += 1;
+                iov += run;
+                next += run;
             }
-            // SAFETY: smsgs[..n] point at siov[m] and at the queued SockAddrs, which point at
+            // SAFETY: smsgs[..n] point at siov, scmsg and the queued SockAddrs, which point at
             // buffers owned by the queued sends; all outlive the call, which only reads them.
             let ret = unsafe {
                 libc::sendmmsg(fd, self.smsgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT)
             };
             if ret > 0 {
                 for m in 0..ret as usize {
-                    self.counters.send_packets += 1;
+                    let run = self.sruns[m];
+                    self.counters.send_packets += run as u64;
                     self.counters.send_bytes += u64::from(self.smsgs[m].msg_len);
+                    if run > 1 {
+                        self.counters.gso_sends += 1;
+                    }
+                    k += run;
                 }
-                k += ret as usize;
                 continue;
             }
             match errno() {
@@ -442,11 +696,16 @@ impl Worker {
                     return k;
                 }
                 e => {
-                    // This datagram is refused (EMSGSIZE, EACCES, ENETUNREACH...): count it and
-                    // go on with the next.
-                    tracing::debug!(errno = e, sock = via.0, "sendmmsg failed");
-                    self.counters.send_errors += 1;
-                    k += 1;
+                    // This message is refused (EMSGSIZE, EACCES, ENETUNREACH, EIO for a GSO
+                    // send the path cannot segment...): count its datagrams and go on.
+                    tracing::debug!(
+                        errno = e,
+                        sock = via.0,
+                        run = self.sruns[0],
+                        "sendmmsg failed"
+                    );
+                    self.counters.send_errors += self.sruns[0] as u64;
+                    k += self.sruns[0];
                 }
             }
         }
@@ -525,6 +784,9 @@ impl Worker {
 
     /// One receive round over the ready sockets (at most BATCH datagrams each).
     fn receive<H: Handler>(&mut self, handler: &mut H, now: Instant) {
+        if !self.deliver_pending(handler, now) {
+            return;
+        }
         let mut ready = std::mem::take(&mut self.ready);
         let mut out_of_buffers = false;
         ready.retain(|&id| {
@@ -548,6 +810,40 @@ impl Worker {
         // Sockets opened by the handler during the round were pushed onto self.ready.
         ready.append(&mut self.ready);
         self.ready = ready;
+    }
+
+    /// Delivers the segments of a coalesced datagram that waited for buffers. True when none
+    /// is left waiting.
+    fn deliver_pending<H: Handler>(&mut self, handler: &mut H, now: Instant) -> bool {
+        let Some(mut p) = self.gro_pending.take() else {
+            return true;
+        };
+        while p.next < p.data.len() {
+            if !matches!(self.socks.get(p.sock), Some(s) if !s.closing) {
+                break;
+            }
+            let Some(bid) = self.pool.take_one() else {
+                self.gro_pending = Some(p);
+                return false;
+            };
+            let r = p.next..(p.next + p.segment).min(p.data.len());
+            // SAFETY: `bid` is a free buffer no Packet owns; the segment (<= MAX_DATAGRAM bytes,
+            // checked when it was received) fits at HEADROOM.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    p.data[r.clone()].as_ptr(),
+                    self.pool.buf_ptr(bid).add(HEADROOM),
+                    r.len(),
+                );
+            }
+            p.next = r.end;
+            let pkt = Packet::new(self.pool.clone(), bid, HEADROOM..HEADROOM + r.len());
+            self.counters.recv_packets += 1;
+            self.counters.recv_bytes += r.len() as u64;
+            handler.on_recv(now, p.sock, p.from, pkt, self);
+        }
+        self.gro_spill = p.data;
+        true
     }
 
     /// Closes sockets marked closing, after the flush that gave their queued sends a chance.
@@ -681,7 +977,9 @@ fn event_loop<H: Handler>(
             return Ok(());
         }
         let now = Instant::now();
-        let wait = if (!w.ready.is_empty() && w.pool.has_returned()) || w.streams.pending() {
+        let wait = if ((!w.ready.is_empty() || w.gro_pending.is_some()) && w.pool.has_returned())
+            || w.streams.pending()
+        {
             std::time::Duration::ZERO
         } else {
             wait_budget(handler.next_timeout(), now)

@@ -37,6 +37,7 @@ use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use socket2::SockAddr;
 
+use super::gso;
 use super::pool::{BufPool, Packet, Region, SendPool};
 use super::sock::{bind_udp, bind_udp_with, SockTable, UdpOptions};
 use super::sockaddr::{self, NAME_LEN};
@@ -65,10 +66,25 @@ const _: () = assert!(BUF_SIZE - (PAYLOAD_AT + MAX_PAYLOAD) >= TAILROOM);
 /// The buffer group id of the worker's buffer ring (one ring per io_uring, so always 0).
 const BGID: u16 = 0;
 
+/// GRO mode: receive buffers large enough for a coalesced datagram (64 KiB of payload after
+/// the header, name and control space), as many as [`GRO_BUFFERS`].
+const BIG_CONTROL: usize = 64;
+const BIG_PAYLOAD_AT: usize = OUT_HDR + NAME_LEN + BIG_CONTROL;
+const BIG_BUF: usize = BIG_PAYLOAD_AT + 65_536;
+/// Big receive buffers in GRO mode. Each receive takes one until the end of its batch (its
+/// segments are copied out at once), so this bounds the datagrams one batch can receive before
+/// a multishot receive runs out; the memory is mapped lazily (a small datagram touches one
+/// page), so the resident cost is about 4 KiB each unless large coalesced datagrams arrive.
+const GRO_BUFFERS: u16 = 512;
+
 const UD_KIND_SHIFT: u32 = 56;
 const UD_RECV: u64 = 1 << UD_KIND_SHIFT;
 const UD_SEND: u64 = 2 << UD_KIND_SHIFT;
 const UD_CANCEL: u64 = 3 << UD_KIND_SHIFT;
+const UD_GSO: u64 = 4 << UD_KIND_SHIFT;
+/// GSO slots: sends of two or more datagrams in flight at once; when none is free, a run goes
+/// out datagram by datagram.
+const GSO_SLOTS: u32 = 256;
 const UD_KIND_MASK: u64 = 0xff << UD_KIND_SHIFT;
 
 /// Setup flag sets tried in order; a kernel that lacks one answers EINVAL and we try the next.
@@ -81,7 +97,7 @@ enum RingFlags {
     Plain,
 }
 
-fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
+fn build_ring(entries: u32, sqpoll: Option<u32>) -> io::Result<(IoUring, RingFlags)> {
     let cq = entries.saturating_mul(4);
     let mut last = None;
     for flags in [RingFlags::Deferred, RingFlags::Plain] {
@@ -89,6 +105,10 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
         // SUBMIT_ALL: one bad SQE must not leave the rest of the batch unsubmitted (we close
         // fds only once everything that names them has been submitted).
         b.setup_submit_all().setup_cqsize(cq);
+        if let Some(idle) = sqpoll {
+            // DEFER_TASKRUN refuses SQPOLL (EINVAL): the Plain set is tried next.
+            b.setup_sqpoll(idle);
+        }
         if let RingFlags::Deferred = flags {
             b.setup_single_issuer().setup_defer_taskrun();
         }
@@ -107,6 +127,8 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
 struct BufRing {
     entries: Region,
     mask: u16,
+    /// Bytes the kernel may fill in each buffer.
+    buf_len: u32,
     /// Our copy of the tail; published to the kernel with a release store.
     tail: u16,
     /// Buffers currently in the ring (pushed and not yet reported consumed by a CQE).
@@ -114,12 +136,13 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(count: u16) -> io::Result<BufRing> {
+    fn new(count: u16, buf_len: usize) -> io::Result<BufRing> {
         debug_assert!(count.is_power_of_two());
         let entries = Region::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
         Ok(BufRing {
             entries,
             mask: count - 1,
+            buf_len: buf_len as u32,
             tail: 0,
             in_kernel: 0,
         })
@@ -150,7 +173,7 @@ impl BufRing {
         unsafe {
             let entry = &mut *self.entries.as_ptr().cast::<BufRingEntry>().add(idx);
             entry.set_addr(addr as u64);
-            entry.set_len(RECV_LEN as u32);
+            entry.set_len(self.buf_len);
             entry.set_bid(bid as u16);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -176,6 +199,40 @@ enum SlotBuf {
     Recv(u32),
     /// A send-pool buffer.
     Copy(u32),
+}
+
+impl SlotBuf {
+    fn release(self, pool: &BufPool, send_pool: &mut SendPool) {
+        match self {
+            SlotBuf::Free => {}
+            SlotBuf::Recv(bid) => pool.give_back(bid),
+            SlotBuf::Copy(i) => send_pool.release(i),
+        }
+    }
+}
+
+/// A send held back to the end of the batch (GSO on), so that sends to one destination can be
+/// grouped into runs.
+#[derive(Copy, Clone, Debug)]
+struct Deferred {
+    via: SockId,
+    to: SocketAddr,
+    seq: u32,
+    buf: SlotBuf,
+    ptr: *mut u8,
+    len: usize,
+}
+
+/// Everything one GSO SendMsg SQE points at: up to [`gso::MAX_SEGMENTS`] datagrams of one run,
+/// each in its own buffer, sent as one `UDP_SEGMENT` message. Slots sit in a Vec that is never
+/// resized, so the pointers in `hdr` stay valid until the completion.
+struct GsoSlot {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; gso::MAX_SEGMENTS],
+    bufs: [SlotBuf; gso::MAX_SEGMENTS],
+    n: usize,
+    addr: SockAddr,
+    control: [u8; gso::CMSG_SPACE],
 }
 
 /// Everything one SendMsg SQE points at. Slots sit in a Vec that is never resized, so the
@@ -229,6 +286,35 @@ pub struct Worker {
     counters: Counters,
     /// TCP listeners and connections (see `stream`).
     streams: stream::Streams,
+    /// GSO: sends of this batch, grouped and submitted at its end.
+    gso: bool,
+    deferred: Vec<Deferred>,
+    gso_slots: Vec<GsoSlot>,
+    free_gso: Vec<u32>,
+    /// GRO: the big receive buffers the ring holds instead of the pool's (see [`BIG_BUF`]),
+    /// and the pool's buffers, all in user space, that segments are copied into.
+    big: Option<Region>,
+    spare: Vec<u32>,
+    /// Big buffers pushed back to the ring since the last publish.
+    big_pushed: bool,
+    /// GRO receives not fully delivered for want of pool buffers, in arrival order. Their big
+    /// buffers stay out of the ring until then, so a ring that runs dry stops the receive
+    /// (ENOBUFS) and the kernel keeps the rest in the socket: back-pressure, not loss.
+    gro_backlog: VecDeque<GroPending>,
+}
+
+/// A GRO receive being delivered segment by segment.
+#[derive(Copy, Clone, Debug)]
+struct GroPending {
+    big_bid: u32,
+    sock: SockId,
+    from: SocketAddr,
+    /// The datagram's length, the bytes of it in the buffer, and its segment size.
+    len: usize,
+    received: usize,
+    segment: usize,
+    /// Offset of the next segment to deliver.
+    next: usize,
 }
 
 impl std::fmt::Debug for Worker {
@@ -248,15 +334,29 @@ fn zeroed_msghdr() -> libc::msghdr {
 
 impl Worker {
     fn new(config: &DriverConfig) -> Result<Worker, DriverError> {
-        let (ring, flags) =
-            build_ring(config.ring_entries).map_err(DriverError::io("io_uring set-up"))?;
+        let (ring, flags) = build_ring(config.ring_entries, config.sqpoll_idle_ms)
+            .map_err(DriverError::io("io_uring set-up"))?;
+        if let Some(us) = config.busy_poll_us {
+            let mut napi = io_uring::types::Napi::new()
+                .set_busy_poll_timeout(us)
+                .set_prefer_busy_poll(true);
+            if let Err(e) = ring.submitter().register_napi(&mut napi) {
+                tracing::warn!(error = %e, "IORING_REGISTER_NAPI failed; no busy polling");
+            }
+        }
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_submit_stable() {
             return Err(DriverError::UringUnavailable(
                 "kernel lacks IORING_FEAT_EXT_ARG or SUBMIT_STABLE".into(),
             ));
         }
         let count = config.recv_buffers;
-        let bufring = BufRing::new(count).map_err(DriverError::io("buffer ring memory"))?;
+        let (ring_count, ring_len) = if config.gro {
+            (GRO_BUFFERS, BIG_BUF)
+        } else {
+            (count, RECV_LEN)
+        };
+        let bufring =
+            BufRing::new(ring_count, ring_len).map_err(DriverError::io("buffer ring memory"))?;
         bufring
             .register(&ring)
             .map_err(DriverError::io("register_buf_ring"))?;
@@ -280,7 +380,32 @@ impl Worker {
             .collect();
         let mut recv_hdr = Box::new(zeroed_msghdr());
         recv_hdr.msg_namelen = NAME_LEN as u32;
-        recv_hdr.msg_controllen = CONTROL_LEN as _;
+        recv_hdr.msg_controllen = if config.gro { BIG_CONTROL } else { CONTROL_LEN } as _;
+        let big = if config.gro {
+            Some(
+                Region::new_lazy(usize::from(GRO_BUFFERS) * BIG_BUF)
+                    .map_err(DriverError::io("GRO receive buffers"))?,
+            )
+        } else {
+            None
+        };
+        let gso_slots = if config.gso {
+            (0..GSO_SLOTS)
+                .map(|_| GsoSlot {
+                    hdr: zeroed_msghdr(),
+                    iov: [libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    }; gso::MAX_SEGMENTS],
+                    bufs: [SlotBuf::Free; gso::MAX_SEGMENTS],
+                    n: 0,
+                    addr: SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    control: [0; gso::CMSG_SPACE],
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut w = Worker {
             ring,
             flags,
@@ -298,10 +423,33 @@ impl Worker {
             returned: Vec::with_capacity(usize::from(count)),
             counters: Counters::default(),
             streams: stream::Streams::default(),
+            gso: config.gso,
+            deferred: Vec::new(),
+            free_gso: (0..gso_slots.len() as u32).rev().collect(),
+            gso_slots,
+            big,
+            spare: Vec::new(),
+            big_pushed: false,
+            gro_backlog: VecDeque::new(),
         };
-        for bid in 0..u32::from(count) {
-            let addr = w.pool.buf_ptr(bid);
-            w.bufring.push(bid, addr);
+        if let Some(big) = &w.big {
+            let base = big.as_ptr();
+            for bid in 0..u32::from(GRO_BUFFERS) {
+                // SAFETY: bid < GRO_BUFFERS: inside the region, which no one else uses yet.
+                let at = unsafe { base.add(bid as usize * BIG_BUF) };
+                // Fault in the page every receive writes (header, address, a small datagram)
+                // now: a fixed 2 MiB at start rather than resident memory that grows with the
+                // first receives and looks like a cost per allocation.
+                // SAFETY: `at` is the start of a buffer inside the mapping.
+                unsafe { at.write_volatile(0) };
+                w.bufring.push(bid, at);
+            }
+            w.spare = (0..u32::from(count)).rev().collect();
+        } else {
+            for bid in 0..u32::from(count) {
+                let addr = w.pool.buf_ptr(bid);
+                w.bufring.push(bid, addr);
+            }
         }
         w.bufring.publish();
         tracing::debug!(flags = ?w.flags, buffers = count, "io_uring worker ready");
@@ -311,6 +459,9 @@ impl Worker {
     /// Takes over a socket and starts receiving on it.
     fn adopt(&mut self, sock: UdpSocket) -> io::Result<SockId> {
         sock.set_nonblocking(true)?;
+        if self.big.is_some() {
+            gso::enable_gro(sock.as_raw_fd())?;
+        }
         let local = sock.local_addr()?;
         let id = self.socks.insert(UringSock {
             fd: OwnedFd::from(sock),
@@ -419,6 +570,8 @@ impl Worker {
         for c in cqes {
             if c.user_data & UD_KIND_MASK == UD_SEND {
                 self.complete_send(c);
+            } else if c.user_data & UD_KIND_MASK == UD_GSO {
+                self.complete_gso(c);
             } else {
                 self.pending.push_back(c);
             }
@@ -456,10 +609,280 @@ impl Worker {
         }
     }
 
+    fn complete_gso(&mut self, c: Cqe) {
+        let idx = (c.user_data & 0xffff_ffff) as usize;
+        let Some(slot) = self.gso_slots.get_mut(idx) else {
+            tracing::error!(user_data = c.user_data, "GSO completion for unknown slot");
+            return;
+        };
+        let n = std::mem::replace(&mut slot.n, 0);
+        for b in &mut slot.bufs[..n] {
+            std::mem::replace(b, SlotBuf::Free).release(&self.pool, &mut self.send_pool);
+        }
+        self.free_gso.push(idx as u32);
+        self.inflight_sends -= 1;
+        if c.result >= 0 {
+            self.counters.send_packets += n as u64;
+            self.counters.send_bytes += c.result as u64;
+            self.counters.gso_sends += 1;
+        } else {
+            tracing::debug!(errno = -c.result, segments = n, "GSO send failed");
+            self.counters.send_errors += n as u64;
+        }
+    }
+
+    /// Queues the batch's held-back sends (GSO on): grouped by socket and destination in queue
+    /// order, each run of one length as one GSO send, the rest one by one.
+    fn flush_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut d = std::mem::take(&mut self.deferred);
+        d.sort_unstable_by_key(|x| (gso::group_key(x.via.0, &x.to), x.seq));
+        let mut i = 0;
+        while i < d.len() {
+            let (via, to) = (d[i].via, d[i].to);
+            let run = gso::run_length(
+                d[i..]
+                    .iter()
+                    .take_while(|x| x.via == via && x.to == to)
+                    .map(|x| x.len),
+            );
+            if run > 1 && self.queue_gso(&d[i..i + run]) {
+                i += run;
+                continue;
+            }
+            for x in &d[i..i + run] {
+                if !self.queue_send(x.via, x.to, x.buf, x.ptr, x.len) {
+                    self.counters.drops += 1;
+                    x.buf.release(&self.pool, &mut self.send_pool);
+                }
+            }
+            i += run;
+        }
+        d.clear();
+        self.deferred = d;
+    }
+
+    /// Queues one GSO SendMsg for `run` (same socket, destination, and lengths as
+    /// [`gso::run_length`] allows). False when no GSO slot is free or the socket is gone; the
+    /// caller still owns the buffers then.
+    fn queue_gso(&mut self, run: &[Deferred]) -> bool {
+        let first = run[0];
+        let fd = match self.socks.get(first.via) {
+            Some(s) if !s.closing => s.fd.as_raw_fd(),
+            _ => return false,
+        };
+        let Some(idx) = self.free_gso.pop() else {
+            return false;
+        };
+        let slot = &mut self.gso_slots[idx as usize];
+        for (k, x) in run.iter().enumerate() {
+            slot.iov[k] = libc::iovec {
+                iov_base: x.ptr.cast(),
+                iov_len: x.len,
+            };
+            slot.bufs[k] = x.buf;
+        }
+        slot.n = run.len();
+        slot.addr = SockAddr::from(first.to);
+        let clen = gso::write_segment_cmsg(&mut slot.control, first.len as u16);
+        slot.hdr = zeroed_msghdr();
+        slot.hdr.msg_name = slot.addr.as_ptr() as *mut libc::c_void;
+        slot.hdr.msg_namelen = slot.addr.len();
+        slot.hdr.msg_iov = slot.iov.as_mut_ptr();
+        slot.hdr.msg_iovlen = run.len();
+        slot.hdr.msg_control = slot.control.as_mut_ptr().cast();
+        slot.hdr.msg_controllen = clen as _;
+        let sqe = opcode::SendMsg::new(Fd(fd), &slot.hdr)
+            .build()
+            .user_data(UD_GSO | u64::from(idx));
+        if self.push_sqe(&sqe) {
+            self.inflight_sends += 1;
+            true
+        } else {
+            let slot = &mut self.gso_slots[idx as usize];
+            slot.n = 0;
+            slot.bufs[..run.len()].fill(SlotBuf::Free);
+            self.free_gso.push(idx);
+            false
+        }
+    }
+
+    /// A send from the handler: queued at once, or held to the end of the batch with GSO.
+    /// False when it cannot be queued; the caller still owns `buf` then.
+    fn submit_or_defer(
+        &mut self,
+        via: SockId,
+        to: SocketAddr,
+        buf: SlotBuf,
+        ptr: *mut u8,
+        len: usize,
+    ) -> bool {
+        if !self.gso {
+            return self.queue_send(via, to, buf, ptr, len);
+        }
+        if !matches!(self.socks.get(via), Some(s) if !s.closing) {
+            return false;
+        }
+        let seq = self.deferred.len() as u32;
+        self.deferred.push(Deferred {
+            via,
+            to,
+            seq,
+            buf,
+            ptr,
+            len,
+        });
+        true
+    }
+
+    /// GRO mode: one receive in a big buffer, split into segments, each copied into a pool
+    /// buffer of its own (its headroom must be free for the handler) and handed over as its own
+    /// packet. The big buffer goes back to the ring at once.
+    fn complete_recv_gro<H: Handler>(&mut self, c: Cqe, handler: Option<&mut H>, now: Instant) {
+        let id = SockId((c.user_data & 0xffff_ffff) as u32);
+        let big_bid = cqueue::buffer_select(c.flags).map(u32::from);
+        if big_bid.is_some() {
+            self.bufring.in_kernel = self.bufring.in_kernel.saturating_sub(1);
+        }
+        if !cqueue::more(c.flags) {
+            if let Some(s) = self.socks.get_mut(id) {
+                s.armed = false;
+                if !s.closing {
+                    self.to_rearm.push(id);
+                }
+            }
+        }
+        let Some(big_bid) = big_bid.filter(|&b| b < u32::from(GRO_BUFFERS)) else {
+            if c.result < 0 {
+                match -c.result {
+                    libc::ENOBUFS => self.counters.enobufs += 1,
+                    libc::ECANCELED => {}
+                    _ => self.counters.recv_errors += 1,
+                }
+            } else {
+                self.counters.recv_errors += 1;
+            }
+            return;
+        };
+        if c.result < 0 {
+            if -c.result != libc::ECANCELED {
+                self.counters.recv_errors += 1;
+            }
+            self.return_big(big_bid);
+            return;
+        }
+        let Some(p) = self.parse_big(big_bid, c.result as usize, id) else {
+            self.counters.recv_errors += 1;
+            self.return_big(big_bid);
+            return;
+        };
+        if p.segment < p.len {
+            self.counters.gro_receives += 1;
+        }
+        self.gro_backlog.push_back(p);
+        if let Some(handler) = handler {
+            self.deliver_gro(handler, now);
+        } else {
+            // Draining at stop: nothing is delivered.
+            while let Some(p) = self.gro_backlog.pop_front() {
+                self.return_big(p.big_bid);
+            }
+        }
+    }
+
+    /// The start of big buffer `bid`.
+    fn big_ptr(&self, bid: u32) -> *mut u8 {
+        let base = self
+            .big
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |r| r.as_ptr());
+        debug_assert!(!base.is_null() && bid < u32::from(GRO_BUFFERS));
+        // SAFETY: bid < GRO_BUFFERS (checked by the callers): inside the region.
+        unsafe { base.add(bid as usize * BIG_BUF) }
+    }
+
+    /// Gives a big buffer back to the ring (published at the end of the batch).
+    fn return_big(&mut self, bid: u32) {
+        let addr = self.big_ptr(bid);
+        self.bufring.push(bid, addr);
+        self.big_pushed = true;
+    }
+
+    /// Reads the header, address and GRO segment size the kernel wrote into big buffer `bid`.
+    fn parse_big(&self, bid: u32, filled: usize, sock: SockId) -> Option<GroPending> {
+        // SAFETY: the buffer is ours until pushed back (the kernel handed it over with the
+        // completion); no &mut to it exists.
+        let buf = unsafe { std::slice::from_raw_parts(self.big_ptr(bid), BIG_BUF) };
+        let out = parse_recv_out_at(buf, filled, BIG_PAYLOAD_AT, BIG_BUF - BIG_PAYLOAD_AT)?;
+        let control =
+            &buf[OUT_HDR + NAME_LEN..OUT_HDR + NAME_LEN + out.controllen.min(BIG_CONTROL)];
+        let segment = gso::gro_segment_size(control)
+            .filter(|&g| g < out.len)
+            .unwrap_or(out.len.max(1));
+        Some(GroPending {
+            big_bid: bid,
+            sock,
+            from: out.from,
+            len: out.len,
+            received: out.received,
+            segment,
+            next: 0,
+        })
+    }
+
+    /// Delivers backlogged GRO segments in order, each copied into a pool buffer of its own, while
+    /// pool buffers last; a fully delivered receive gives its big buffer back to the ring.
+    fn deliver_gro<H: Handler>(&mut self, handler: &mut H, now: Instant) {
+        while let Some(mut p) = self.gro_backlog.pop_front() {
+            let open = matches!(self.socks.get(p.sock), Some(s) if !s.closing);
+            // `max(1)`: an empty datagram is delivered too, as one empty packet.
+            while open && p.next < p.len.max(1) {
+                let r = p.next..(p.next + p.segment).min(p.len);
+                // Segments past what fitted in the buffer, or too large for a pool buffer, are
+                // lost.
+                if r.end > p.received || r.len() > MAX_PAYLOAD {
+                    self.counters.truncated += 1;
+                    p.next = r.end;
+                    continue;
+                }
+                let Some(bid) = self.spare.pop() else {
+                    self.counters.enobufs += 1;
+                    self.gro_backlog.push_front(p);
+                    return;
+                };
+                let src = self.big_ptr(p.big_bid);
+                let dst = self.pool.buf_ptr(bid);
+                // SAFETY: `src` is our big buffer (not in the ring), the segment is inside its
+                // received payload (r.end <= received); `dst` is a pool buffer no Packet owns,
+                // and PAYLOAD_AT + r.len() <= PAYLOAD_AT + MAX_PAYLOAD <= BUF_SIZE.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.add(BIG_PAYLOAD_AT + r.start),
+                        dst.add(PAYLOAD_AT),
+                        r.len(),
+                    );
+                }
+                p.next = r.end.max(1);
+                let pkt = Packet::new(self.pool.clone(), bid, PAYLOAD_AT..PAYLOAD_AT + r.len());
+                self.counters.recv_packets += 1;
+                self.counters.recv_bytes += r.len() as u64;
+                handler.on_recv(now, p.sock, p.from, pkt, self);
+                if !matches!(self.socks.get(p.sock), Some(s) if !s.closing) {
+                    break; // the handler closed the socket
+                }
+            }
+            self.return_big(p.big_bid);
+        }
+    }
+
     /// Handles one completion. `handler` is None while draining at stop: datagrams are dropped.
     fn dispatch<H: Handler>(&mut self, c: Cqe, handler: Option<&mut H>, now: Instant) {
         match c.user_data & UD_KIND_MASK {
             UD_SEND => self.complete_send(c),
+            UD_GSO => self.complete_gso(c),
+            UD_RECV if self.big.is_some() => self.complete_recv_gro(c, handler, now),
             UD_RECV => self.complete_recv(c, handler, now),
             // A cancel's own result (0, ENOENT when the receive already ended, EALREADY) changes
             // nothing: the receive's final CQE is what we wait for.
@@ -522,7 +945,15 @@ impl Worker {
     /// to receive into (re-arming into an empty ring would only end with ENOBUFS again).
     fn recycle_and_rearm(&mut self) {
         self.pool.take_returned(&mut self.returned);
-        if !self.returned.is_empty() {
+        if self.big.is_some() {
+            // GRO: the pool's buffers stay in user space; the ring holds the big ones, pushed
+            // back as soon as their segments were copied out.
+            self.spare.append(&mut self.returned);
+            if self.big_pushed {
+                self.bufring.publish();
+                self.big_pushed = false;
+            }
+        } else if !self.returned.is_empty() {
             for i in 0..self.returned.len() {
                 let bid = self.returned[i];
                 let addr = self.pool.buf_ptr(bid);
@@ -579,6 +1010,7 @@ impl Worker {
     /// At stop: cancel every receive, give in-flight sends `timeout` to complete. Returns whether
     /// the kernel no longer holds any of our memory.
     fn drain(&mut self, timeout: Duration) -> bool {
+        self.flush_deferred();
         let ids: Vec<SockId> = self.socks.ids().collect();
         for id in ids {
             self.close(id);
@@ -610,6 +1042,45 @@ impl Worker {
         }
         drained
     }
+}
+
+/// What the kernel wrote at the start of a receive buffer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct RecvOut {
+    from: SocketAddr,
+    /// Control bytes written.
+    controllen: usize,
+    /// The datagram's length.
+    len: usize,
+    /// Payload bytes actually in the buffer (less than `len` when truncated).
+    received: usize,
+}
+
+/// Parses a receive buffer whose payload starts at `payload_at`, with room for `max_payload`.
+fn parse_recv_out_at(
+    buf: &[u8],
+    filled: usize,
+    payload_at: usize,
+    max_payload: usize,
+) -> Option<RecvOut> {
+    let word = |i: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            buf.get(i * 4..i * 4 + 4)?.try_into().ok()?,
+        ))
+    };
+    let (namelen, controllen, payloadlen) = (word(0)?, word(1)?, word(2)?);
+    let from = sockaddr::parse(
+        buf.get(OUT_HDR..OUT_HDR + NAME_LEN)?,
+        (namelen as usize).min(NAME_LEN),
+    )?;
+    let len = payloadlen as usize;
+    let received = filled.saturating_sub(payload_at).min(len).min(max_payload);
+    Some(RecvOut {
+        from,
+        controllen: controllen as usize,
+        len,
+        received,
+    })
 }
 
 /// Parses the `io_uring_recvmsg_out` header and the peer address at the start of a buffer the
@@ -686,7 +1157,7 @@ impl Io for Worker {
         let bid = pkt.take();
         // SAFETY: range.start <= BUF_SIZE (valid_range), so the pointer stays inside buffer bid.
         let ptr = unsafe { self.pool.buf_ptr(bid).add(range.start) };
-        if !self.queue_send(via, to, SlotBuf::Recv(bid), ptr, range.len()) {
+        if !self.submit_or_defer(via, to, SlotBuf::Recv(bid), ptr, range.len()) {
             self.counters.drops += 1;
             self.pool.give_back(bid);
         }
@@ -695,7 +1166,8 @@ impl Io for Worker {
     fn send(&mut self, via: SockId, to: SocketAddr, bytes: &[u8]) {
         if self.send_pool.is_exhausted() {
             // Sends usually complete at submission (UDP copies into the socket buffer), so one
-            // submit frees the buffers of this batch's earlier sends.
+            // submit frees the buffers of this batch's earlier sends (held-back ones first).
+            self.flush_deferred();
             if let Err(e) = self.ring.submit() {
                 tracing::debug!(error = %e, "submit to free send buffers failed");
             }
@@ -706,7 +1178,7 @@ impl Io for Worker {
             return;
         };
         let ptr = self.send_pool.ptr(i);
-        if !self.queue_send(via, to, SlotBuf::Copy(i), ptr, bytes.len()) {
+        if !self.submit_or_defer(via, to, SlotBuf::Copy(i), ptr, bytes.len()) {
             self.counters.drops += 1;
             self.send_pool.release(i);
         }
@@ -767,7 +1239,7 @@ fn event_loop<H: Handler>(
         if let ControlFlow::Stop = poll_control(control, &w.counters) {
             return Ok(());
         }
-        let wait = if w.pending.is_empty() {
+        let wait = if w.pending.is_empty() && (w.gro_backlog.is_empty() || w.spare.is_empty()) {
             wait_budget(handler.next_timeout(), Instant::now())
         } else {
             Duration::ZERO
@@ -776,10 +1248,13 @@ fn event_loop<H: Handler>(
         w.close_finished();
         let now = Instant::now();
         w.reap();
+        // GRO receives that waited for pool buffers go first (the previous batch freed some).
+        w.deliver_gro(handler, now);
         while let Some(c) = w.pending.pop_front() {
             w.dispatch(c, Some(&mut *handler), now);
         }
         handler.on_tick(now, w);
+        w.flush_deferred();
         w.recycle_and_rearm();
         w.streams_tick(now);
     }
@@ -832,6 +1307,10 @@ pub(super) fn probe() -> Result<(), String> {
         send_buffers: 2,
         ring_entries: 8,
         drain_timeout: Duration::from_millis(200),
+        // The probe checks the plain path every worker relies on.
+        gso: false,
+        gro: false,
+        ..DriverConfig::default()
     };
     let mut w = Worker::new(&config).map_err(|e| e.to_string())?;
     let sock =

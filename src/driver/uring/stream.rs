@@ -86,6 +86,16 @@ pub(super) struct Streams {
     /// Sockets to look at each batch: closing ones, starved receives, listeners to retry.
     watch: Vec<StreamId>,
     counters: StreamCounters,
+    /// GRO mode: bytes copied out of a big ring buffer (see [`Received`]), reused.
+    scratch: Vec<u8>,
+}
+
+/// The buffer a stream receive landed in. The ring normally holds pool buffers; in GRO mode it
+/// holds big ones (`BIG_BUF`) that must go straight back to the ring, so the bytes are copied
+/// out first (one copy of at most `RECV_LEN` bytes, which the handler copies anyway).
+enum Received {
+    Pool(Packet),
+    Copied(Vec<u8>),
 }
 
 impl Streams {
@@ -436,7 +446,21 @@ impl Worker {
         // Own the buffer first, so every return below gives it back.
         let pkt = cqueue::buffer_select(c.flags).map(|bid| {
             self.bufring.in_kernel = self.bufring.in_kernel.saturating_sub(1);
-            Packet::new(self.pool.clone(), u32::from(bid), 0..BUF_SIZE)
+            if self.big.is_some() {
+                let n = usize::try_from(c.result).unwrap_or(0).min(RECV_LEN);
+                let mut bytes = std::mem::take(&mut self.streams.scratch);
+                bytes.clear();
+                // SAFETY: big buffer `bid` came out of the ring with this completion: the kernel
+                // wrote its first `c.result` bytes and nothing else uses it until it is returned
+                // just below; `n` is within the buffer (RECV_LEN < BIG_BUF).
+                bytes.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(self.big_ptr(u32::from(bid)), n)
+                });
+                self.return_big(u32::from(bid));
+                Received::Copied(bytes)
+            } else {
+                Received::Pool(Packet::new(self.pool.clone(), u32::from(bid), 0..BUF_SIZE))
+            }
         });
         let Some(s) = self.op_done(id) else { return };
         let open = s.closing.is_none();
@@ -490,16 +514,16 @@ impl Worker {
             let n = (c.result as usize).min(RECV_LEN);
             self.streams.counters.read_bytes += n as u64;
             if let Some(h) = handler.filter(|_| open) {
-                h.on_stream(
-                    now,
-                    StreamEvent::Data {
-                        conn: id,
-                        bytes: &pkt.buf()[..n],
-                    },
-                    self,
-                );
+                let bytes = match &pkt {
+                    Received::Pool(p) => &p.buf()[..n],
+                    Received::Copied(v) => &v[..n.min(v.len())],
+                };
+                h.on_stream(now, StreamEvent::Data { conn: id, bytes }, self);
             }
-            drop(pkt);
+            match pkt {
+                Received::Pool(p) => drop(p),
+                Received::Copied(v) => self.streams.scratch = v,
+            }
             if keep_reading {
                 // The handler may have turned reading off (or closed): arm_recv checks.
                 self.arm_recv(id);

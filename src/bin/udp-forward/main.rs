@@ -10,7 +10,12 @@
 //! `udp-forward blast --target A --sink P` floods `--size`-byte datagrams at A from one thread
 //! and counts what reaches P on another, for `--duration` seconds.
 //!
-//! Loopback only by default; both modes stop by themselves after `--duration`.
+//! `udp-forward turn` is the bare TURN reference of the end-to-end benchmark (see `turn.rs`):
+//! loadgen runs against it exactly as against a relay.
+//!
+//! Loopback only by default; `forward` and `blast` stop by themselves after `--duration`.
+
+mod turn;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
@@ -52,6 +57,9 @@ enum Cmd {
         #[arg(long)]
         core: Option<usize>,
     },
+    /// A bare TURN relay (epoll + recvmmsg/sendmmsg + the sans-IO server), the benchmark's
+    /// kernel reference.
+    Turn(turn::TurnArgs),
     /// Flood `target` with datagrams and count what arrives at `sink`.
     Blast {
         #[arg(long, default_value = "127.0.0.1:40000")]
@@ -93,6 +101,7 @@ fn main() -> Result<()> {
             Duration::from_secs_f64(duration),
             core,
         ),
+        Cmd::Turn(args) => turn::run(args),
         Cmd::Blast {
             target,
             sink,
