@@ -128,6 +128,8 @@ pub struct FileConfig {
     pub tcp_idle_timeout: Option<u64>,
     pub tcp_stall_timeout: Option<u64>,
     pub tcp_max_outbound: Option<usize>,
+    /// Client connections over TCP and TLS open at once, all workers together.
+    pub tcp_max_connections: Option<usize>,
 }
 
 /// The `nat_discovery` table.
@@ -211,6 +213,9 @@ pub struct Settings {
     pub nat_discovery: Option<NatDiscoveryConfig>,
     /// Bounds and timers of every client connection over TCP and TLS.
     pub stream_limits: StreamLimits,
+    /// Client connections over TCP and TLS open at once, all workers together (each worker
+    /// takes its share); more are closed as they are accepted.
+    pub tcp_max_connections: usize,
     pub relay_v4: Option<IpAddr>,
     pub relay_v6: Option<IpAddr>,
     pub relay_ports: RangeInclusive<u16>,
@@ -574,6 +579,10 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
         )?,
     };
     // The largest message (64 KiB + header) must fit, or a client could never be answered.
+    let tcp_max_connections = f.tcp_max_connections.unwrap_or(20_000);
+    if tcp_max_connections == 0 {
+        return Err(err("tcp_max_connections", "must be at least 1"));
+    }
     if stream_limits.max_outbound < 70_000 {
         return Err(err("tcp_max_outbound", "must be at least 70000 bytes"));
     }
@@ -599,6 +608,7 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
         tls,
         nat_discovery,
         stream_limits,
+        tcp_max_connections,
         relay_v4,
         relay_v6,
         relay_ports,
@@ -905,6 +915,7 @@ mod tests {
                 "listen_tls",
             ),
             (format!("{base}listen_tcp = [\"127.0.0.1:50050\"]"), "relay_ports"),
+            (format!("{base}tcp_max_connections = 0"), "tcp_max_connections"),
             (format!("{base}nat_discovery = {{ alternate_port = 3479 }}"), "nat_discovery"),
             (format!("{base}nat_discovery = {{ alternate_ip = \"127.0.0.1\" }}"), "nat_discovery"),
             (format!("{base}nat_discovery = {{ alternate_ip = \"::2\" }}"), "nat_discovery"),

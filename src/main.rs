@@ -148,6 +148,7 @@ fn run(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
             listeners: streams,
             tls: settings.tls.clone(),
             limits: settings.stream_limits,
+            max_clients: settings.tcp_max_connections.div_ceil(settings.threads),
             handoff_peers: handoff_tx.clone(),
             handoff_rx: Some(handoff),
         };

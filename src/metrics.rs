@@ -266,6 +266,7 @@ fn render_tcp(o: &mut String, snaps: &[&Snapshot]) {
             ("timeout", t.closed_timeout),
             ("overflow", t.closed_overflow),
             ("error", t.closed_error),
+            ("limit", t.closed_limit),
         ] {
             let _ = writeln!(
                 o,

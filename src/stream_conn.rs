@@ -179,10 +179,14 @@ impl StreamConn {
         if self.mode == Mode::Framed && self.framer.buffered() > 0 {
             self.partial_since.get_or_insert(now);
         }
-        if self.client_closed {
-            return Err(CloseReason::ClosedByClient);
-        }
         Ok(())
+    }
+
+    /// TLS only: the client sent close_notify. What came before it in the same read is still
+    /// to be taken ([`StreamConn::next_message`], [`StreamConn::take_raw`]); then the
+    /// connection closes.
+    pub fn client_has_closed(&self) -> bool {
+        self.client_closed
     }
 
     /// The client closed its side (EOF on the socket).

@@ -23,6 +23,7 @@ use uturn_proto::turn::auth::rest_password;
 both_backends!(
     full_udp_flow,
     ipv6_flow,
+    dual_stack_allocation,
     default_policy_refuses_loopback,
     rest_credentials,
     sighup_reloads_users_and_policy,
@@ -220,6 +221,43 @@ fn ipv6_flow(b: Backend) {
     channel_data_both_ways(&mut c, &peer, a.relayed);
     assert_eq!(c.refresh(Some(Duration::ZERO)), Ok(Event::Deallocated));
     assert!(port_closed(a.relayed));
+}
+
+/// RFC 8656 section 7: with relay addresses of both families, an Allocate with
+/// ADDITIONAL-ADDRESS-FAMILY IPv6 gets an IPv4 and an IPv6 relayed address, and one allocation
+/// reaches peers of both families, each from the relayed address of its own family.
+fn dual_stack_allocation(b: Backend) {
+    if let Some(why) = ipv6_unusable() {
+        eprintln!("skipped: IPv6 loopback unusable: {why}");
+        return;
+    }
+    let relay = RelayOptions {
+        extra_toml: "relay_ip = [\"127.0.0.1\", \"::1\"]\n".into(),
+        ..RelayOptions::new(b)
+    }
+    .start();
+    let mut c = relay.client();
+    let a = c.allocate(RelayFamily::Dual).expect("dual allocation");
+    let v6 = a
+        .additional_relayed
+        .expect("an IPv6 relayed address as well");
+    assert_eq!(a.relayed.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(v6.ip(), LOCALHOST_V6);
+    assert!(relay.relay_ports.contains(&a.relayed.port()));
+    assert!(relay.relay_ports.contains(&v6.port()));
+
+    let peer4 = peer_socket(OTHER_LOOPBACK);
+    let peer6 = peer_socket(LOCALHOST_V6);
+    c.create_permission(&[OTHER_LOOPBACK, LOCALHOST_V6])
+        .expect("permissions for both families");
+    send_and_data_both_ways(&mut c, &peer4, a.relayed);
+    send_and_data_both_ways(&mut c, &peer6, v6);
+    c.channel_bind(peer6.local_addr().expect("addr"))
+        .expect("ChannelBind to the IPv6 peer");
+    channel_data_both_ways(&mut c, &peer6, v6);
+    assert_eq!(c.refresh(Some(Duration::ZERO)), Ok(Event::Deallocated));
+    assert!(port_closed(a.relayed));
+    assert!(port_closed(v6));
 }
 
 /// Without --allow-loopback-peers the default policy refuses loopback peers: CreatePermission

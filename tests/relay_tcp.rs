@@ -26,8 +26,10 @@ both_backends!(
     tls_12_and_13,
     rfc6062_connect_and_peer_initiated,
     rfc6062_data_connections_move_between_workers,
+    rfc6062_peer_burst_then_close_reaches_the_client_whole,
     stalled_and_slow_connections_are_timed_out,
     client_that_never_reads_is_closed,
+    connections_past_the_cap_are_closed_on_accept,
     ipv6_tcp,
 );
 
@@ -330,6 +332,67 @@ fn rfc6062_connect_and_peer_initiated(b: Backend) {
     }
 }
 
+/// A peer that sends far more than every buffer on the way holds and then closes: a client that
+/// reads slowly still gets every byte, then EOF. What the relay holds for the client when the
+/// peer's FIN arrives (in its per-connection queue, past the driver's) is written out before the
+/// connection closes. (Timing decides whether bytes wait there at that moment, so this run does
+/// not always reach that case; `close_spliced_client` handles it.)
+fn rfc6062_peer_burst_then_close_reaches_the_client_whole(b: Backend) {
+    let relay = options(b).start();
+    let mut control = client(&relay, None);
+    control
+        .allocate_tcp(RelayFamily::Ipv4)
+        .expect("TCP allocation");
+    let peer = TcpPeer::start(OTHER_LOOPBACK);
+    control
+        .create_permission(&[peer.addr.ip()])
+        .expect("permission");
+    let id = control.connect_peer(peer.addr).expect("Connect");
+    let p = peer.accept();
+    let (mut data, early) = client(&relay, None)
+        .connection_bind(id)
+        .expect("ConnectionBind");
+    assert!(early.is_empty());
+    // Small kernel buffers on the client's side, so that the relay's own queues fill.
+    let _ = socket2::SockRef::from(data.tcp()).set_recv_buffer_size(65536);
+    const N: usize = 4_000_000;
+    let burst: Vec<u8> = (0..N as u32).map(|i| (i % 251) as u8).collect();
+    let sent = burst.clone();
+    let writer = thread::spawn(move || {
+        let mut p = p;
+        // The client reads slowly: no write timeout.
+        p.set_write_timeout(None).unwrap();
+        p.write_all(&sent).unwrap();
+        // FIN right behind the data.
+    });
+    // Read nothing until the peer wrote everything it could (the kernel took the rest).
+    thread::sleep(Duration::from_millis(500));
+    let mut got = Vec::with_capacity(N);
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 16384];
+    loop {
+        assert!(
+            Instant::now() < until,
+            "only {} of {N} bytes in 30 s",
+            got.len()
+        );
+        match data.read_within(&mut buf, Duration::from_secs(5)) {
+            Ok(0) => break,
+            Ok(k) => {
+                got.extend_from_slice(&buf[..k]);
+                // A slow reader: the relay's queues for it stay full, so the peer's FIN
+                // reaches the relay while bytes still wait there for the client.
+                thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read after {} of {N} bytes: {e}", got.len()),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(got.len(), N, "every byte the peer sent before closing");
+    assert!(got == burst, "byte for byte");
+}
+
 /// With 2 workers, a data connection lands on either; one landing on the worker that does not
 /// own the peer connection is moved there (socket and TLS session) and works the same.
 fn rfc6062_data_connections_move_between_workers(b: Backend) {
@@ -429,6 +492,45 @@ fn stalled_and_slow_connections_are_timed_out(b: Backend) {
         ) >= 5.0
             && m.sum("uturn_allocations_active", &[]) == 0.0
     });
+}
+
+/// `tcp_max_connections` bounds the connections open at once (memory per connection is
+/// bounded, so this bounds the total): one worker with a cap of 2 closes the third at once, and
+/// takes a new one when one of the first two has gone.
+fn connections_past_the_cap_are_closed_on_accept(b: Backend) {
+    let mut o = options(b);
+    o.threads = 1;
+    o.extra_toml = "tcp_max_connections = 2\n".into();
+    let relay = o.start();
+    let mut first = client(&relay, None);
+    first
+        .allocate(RelayFamily::Ipv4)
+        .expect("first connection served");
+    let mut second = client(&relay, None);
+    second
+        .allocate(RelayFamily::Ipv4)
+        .expect("second connection served");
+    let mut third = Conn::connect(relay.listen_tcp.unwrap(), None);
+    assert!(
+        third.closed_within(IO_TIMEOUT),
+        "the third connection is closed on accept"
+    );
+    relay.wait_metrics("refusal counted", |m| {
+        m.sum("uturn_tcp_connections_closed_total", &[("reason", "limit")]) == 1.0
+            && m.sum("uturn_tcp_connections_active", &[]) == 2.0
+    });
+    first.conn.shutdown();
+    drop(first);
+    relay.wait_metrics("first connection gone", |m| {
+        m.sum("uturn_tcp_connections_active", &[]) == 1.0
+    });
+    let mut fourth = client(&relay, None);
+    fourth
+        .allocate(RelayFamily::Ipv4)
+        .expect("room again after one closed");
+    second
+        .refresh(Some(Duration::ZERO))
+        .expect("the second still works");
 }
 
 fn client_that_never_reads_is_closed(b: Backend) {

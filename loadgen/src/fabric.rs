@@ -32,6 +32,11 @@ pub trait NetIo {
         let _ = (id, bytes);
         0
     }
+    /// How many more bytes [`NetIo::stream_send`] takes now.
+    fn stream_room(&self, id: StreamId) -> usize {
+        let _ = id;
+        0
+    }
     fn stream_set_reading(&mut self, id: StreamId, on: bool) {
         let _ = (id, on);
     }
@@ -62,6 +67,9 @@ impl<I: Io> NetIo for DriverIo<'_, I> {
     }
     fn stream_send(&mut self, id: StreamId, bytes: &[u8]) -> usize {
         self.0.stream_send(id, bytes)
+    }
+    fn stream_room(&self, id: StreamId) -> usize {
+        self.0.stream_room(id)
     }
     fn stream_set_reading(&mut self, id: StreamId, on: bool) {
         self.0.stream_set_reading(id, on)

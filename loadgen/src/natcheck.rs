@@ -94,6 +94,12 @@ pub enum NatCheckError {
     BadResponse(&'static str),
     #[error("cannot write a request: {0}")]
     Encode(EncodeError),
+    #[error("the answer to {test} came from {from}, not from {expected}: the server ignores CHANGE-REQUEST, so filtering cannot be told")]
+    ChangeIgnored {
+        test: &'static str,
+        from: SocketAddr,
+        expected: SocketAddr,
+    },
 }
 
 /// One test of section 4.3 or 4.4.
@@ -252,7 +258,7 @@ impl NatCheck {
 
     /// A datagram arrived on `leg`'s socket from `from`. Anything but a response to the test
     /// outstanding is ignored.
-    pub fn handle_input(&mut self, now: Instant, leg: Leg, _from: SocketAddr, data: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, leg: Leg, from: SocketAddr, data: &[u8]) {
         if self.outcome.is_some() {
             return;
         }
@@ -329,8 +335,29 @@ impl NatCheck {
                 });
                 self.begin(now, Test::FilteringII, self.server);
             }
-            Test::FilteringII => self.done(Filtering::EndpointIndependent),
-            Test::FilteringIII => self.done(Filtering::AddressDependent),
+            // An answer to a CHANGE-REQUEST says something only if it came from where it was
+            // asked to come from (section 4.4): a server that answers from its primary address
+            // would make every NAT look endpoint-independent.
+            Test::FilteringII | Test::FilteringIII => {
+                let other = self.other.unwrap_or(self.server);
+                let expected = if test == Test::FilteringII {
+                    other
+                } else {
+                    SocketAddr::new(self.server.ip(), other.port())
+                };
+                if from != expected {
+                    return self.finish(Err(NatCheckError::ChangeIgnored {
+                        test: test.name(),
+                        from,
+                        expected,
+                    }));
+                }
+                self.done(if test == Test::FilteringII {
+                    Filtering::EndpointIndependent
+                } else {
+                    Filtering::AddressDependent
+                });
+            }
         }
     }
 

@@ -102,6 +102,9 @@ struct Conn {
     agent: AgentIx,
     tls: Option<Box<rustls::ClientConnection>>,
     framer: Framer,
+    /// TLS records the driver's queue had no room for: written first, on `Writable`. A part
+    /// of a record must never be dropped, or the stream is corrupt from there on.
+    backlog: Vec<u8>,
 }
 
 /// Every stream connection of one worker's agents. See the [module documentation](self).
@@ -156,6 +159,7 @@ impl StreamLeg {
                 agent,
                 tls,
                 framer: Framer::new(),
+                backlog: Vec::new(),
             },
         );
         self.by_agent.insert(agent, id);
@@ -172,20 +176,40 @@ impl StreamLeg {
         let Some(c) = self.conns.get_mut(&id) else {
             return false;
         };
+        // A message goes whole or not at all (then it is lost, as a datagram would be): a
+        // part of one would corrupt the stream.
+        if !Self::write_backlog(id, c, io) {
+            return false;
+        }
         match c.tls.as_mut() {
-            None => io.stream_send(id, bytes) == bytes.len(),
+            None => io.stream_room(id) >= bytes.len() && io.stream_send(id, bytes) == bytes.len(),
             Some(tls) => {
                 if tls.writer().write_all(bytes).is_err() {
                     return false;
                 }
-                self.flush_tls(id, io)
+                // Encrypted and queued: what the driver cannot take yet waits in the backlog.
+                self.flush_tls(id, io);
+                true
             }
         }
     }
 
-    /// Writes what rustls has for the wire.
+    /// Writes what waits in `c`'s backlog; true when nothing is left.
+    fn write_backlog(id: StreamId, c: &mut Conn, io: &mut dyn NetIo) -> bool {
+        if !c.backlog.is_empty() {
+            let n = io.stream_send(id, &c.backlog);
+            c.backlog.drain(..n);
+        }
+        c.backlog.is_empty()
+    }
+
+    /// Writes what rustls has for the wire; what the driver cannot take now waits in the
+    /// connection's backlog. False if anything waits.
     fn flush_tls(&mut self, id: StreamId, io: &mut dyn NetIo) -> bool {
-        let Some(tls) = self.conns.get_mut(&id).and_then(|c| c.tls.as_mut()) else {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return true;
+        };
+        let Some(tls) = c.tls.as_mut() else {
             return true;
         };
         self.scratch.clear();
@@ -194,7 +218,17 @@ impl StreamLeg {
                 break;
             }
         }
-        self.scratch.is_empty() || io.stream_send(id, &self.scratch) == self.scratch.len()
+        if !Self::write_backlog(id, c, io) {
+            c.backlog.extend_from_slice(&self.scratch);
+            return false;
+        }
+        let n = if self.scratch.is_empty() {
+            0
+        } else {
+            io.stream_send(id, &self.scratch)
+        };
+        c.backlog.extend_from_slice(&self.scratch[n..]);
+        c.backlog.is_empty()
     }
 
     /// Closes every connection (the run is over).
@@ -239,7 +273,12 @@ impl StreamLeg {
                 io.stream_close(conn);
                 LegEvent::Quiet
             }
-            StreamEvent::Writable { .. } => LegEvent::Quiet,
+            StreamEvent::Writable { conn } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    Self::write_backlog(conn, c, io);
+                }
+                LegEvent::Quiet
+            }
         }
     }
 

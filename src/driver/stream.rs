@@ -15,7 +15,7 @@
 //!   [`super::BUF_SIZE`] bytes). A connection that is not read leaves the peer's bytes in the
 //!   kernel's receive buffer, which pushes back on the peer (RFC 6062 section 5.3 asks for that).
 //! - Output is queued and written at the end of the batch, in order, with partial writes
-//!   continued. The queue holds at most [`StreamOptions::max_queued`] bytes: [`StreamIo::stream_send`]
+//!   continued. The queue holds at most [`DEFAULT_MAX_QUEUED`] bytes: [`StreamIo::stream_send`]
 //!   takes what fits and says how much; [`StreamEvent::Writable`] follows once a queue that was
 //!   filled past half (or refused bytes) has drained.
 //! - [`StreamIo::stream_close`] stops reading, writes what is queued (for at most [`LINGER`]),

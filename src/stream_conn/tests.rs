@@ -185,11 +185,20 @@ fn tls_12_and_13_carry_messages_both_ways() {
         }
         assert_eq!(plain, msgs.concat());
 
-        // The client's close_notify closes the connection; bytes after it are not read.
+        // A last message and the client's close_notify in one read: the message is still
+        // delivered, then the connection closes; bytes after close_notify are not read.
+        let last = &msgs[0];
+        c.writer().write_all(last).unwrap();
         c.send_close_notify();
         let mut bytes = client_out(&mut c);
         bytes.extend_from_slice(&[0x17, 3, 3, 0, 5, 1, 2, 3, 4, 5]);
-        assert_eq!(s.receive(t, &bytes), Err(CloseReason::ClosedByClient));
+        s.receive(t, &bytes).unwrap();
+        assert!(s.client_has_closed());
+        match s.next_message(t) {
+            Some(Ok(Frame::Stun(b) | Frame::ChannelData(b))) => assert_eq!(b, &last[..]),
+            other => panic!("the message before close_notify, got {other:?}"),
+        }
+        assert!(s.next_message(t).is_none());
     }
 }
 

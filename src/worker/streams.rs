@@ -58,6 +58,9 @@ pub struct StreamSetup {
     /// For the TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: StreamLimits,
+    /// Client connections this worker keeps open at once; more are closed on accept (counted
+    /// as closed for `limit`), so that connections cannot take memory without bound.
+    pub max_clients: usize,
     /// The hand-off channel of every worker, by worker index; this worker's receiving end.
     pub handoff_peers: Vec<Sender<HandOff>>,
     pub handoff_rx: Option<Receiver<HandOff>>,
@@ -87,6 +90,8 @@ pub struct TcpStats {
     pub closed_timeout: u64,
     pub closed_overflow: u64,
     pub closed_error: u64,
+    /// Closed as accepted: the worker had its `max_clients` open.
+    pub closed_limit: u64,
     /// TLS handshakes completed (either version) and failed.
     pub tls_handshakes: u64,
     pub tls_failures: u64,
@@ -109,6 +114,9 @@ struct Client {
     /// the client is not read.
     to_peer: Vec<u8>,
     handshake_counted: bool,
+    /// Its spliced peer is gone: what is still queued for the client is written out, then the
+    /// connection closes (on `Writable`, or at the stall timer). Nothing more is read from it.
+    draining: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -359,6 +367,10 @@ impl RelayWorker {
         io: &mut I,
     ) {
         if let Some(&transport) = self.streams.listeners.get(&listener) {
+            if self.streams.clients.len() >= self.streams.setup.max_clients {
+                self.streams.stats.closed_limit += 1;
+                return io.stream_close(conn);
+            }
             let server = match io.stream_addrs(conn) {
                 Ok((local, _)) => local,
                 Err(_) => return io.stream_close(conn),
@@ -400,6 +412,7 @@ impl RelayWorker {
                     peer: None,
                     to_peer: Vec::new(),
                     handshake_counted: transport != Transport::Tls,
+                    draining: false,
                 },
             );
             if self.streams.next_sweep.is_none() {
@@ -458,6 +471,11 @@ impl RelayWorker {
         let Some(mut c) = self.streams.clients.remove(&id) else {
             return;
         };
+        if c.draining {
+            // Its peer is gone; one buffer read before reading stopped has nowhere to go.
+            self.streams.clients.insert(id, c);
+            return;
+        }
         if let Err(reason) = c.conn.receive(now, bytes) {
             self.streams.clients.insert(id, c);
             return self.close_client(now, id, reason, io);
@@ -466,18 +484,26 @@ impl RelayWorker {
             c.handshake_counted = true;
             self.streams.stats.tls_handshakes += 1;
         }
+        // TLS close_notify: what came before it is handled first, then the connection closes.
+        let closing = c.conn.client_has_closed();
         if c.conn.is_spliced() {
             let raw = c.conn.take_raw();
             c.to_peer.extend_from_slice(&raw);
             self.streams.clients.insert(id, c);
             self.push_to_peer(id, io);
             flush_client(&mut self.streams.clients, now, id, io);
+            if closing {
+                self.close_client(now, id, CloseReason::ClosedByClient, io);
+            }
             return;
         }
         match self.frames(now, id, &mut c, io) {
             Flow::Keep => {
                 flush(now, id, &mut c.conn, io);
                 self.streams.clients.insert(id, c);
+                if closing {
+                    self.close_client(now, id, CloseReason::ClosedByClient, io);
+                }
             }
             Flow::Close(reason) => {
                 self.streams.clients.insert(id, c);
@@ -660,6 +686,7 @@ impl RelayWorker {
                 peer: None,
                 to_peer: Vec::new(),
                 handshake_counted: true,
+                draining: false,
             };
             let tok = token(id);
             let n = self.now(now);
@@ -746,6 +773,12 @@ impl RelayWorker {
     fn writable<I: Io>(&mut self, now: Instant, conn: StreamId, io: &mut I) {
         if let Some(c) = self.streams.clients.get_mut(&conn) {
             flush(now, conn, &mut c.conn, io);
+            if c.draining {
+                if c.conn.pending_output().is_empty() {
+                    self.drained(conn, io);
+                }
+                return;
+            }
             if let Some(peer) = c.peer {
                 if c.conn.outbound_room() >= PAUSE_ROOM {
                     io.stream_set_reading(peer, true);
@@ -774,18 +807,35 @@ impl RelayWorker {
         }
     }
 
-    /// Closes a spliced client whose peer is gone: what it still has for the client is flushed
-    /// first (the driver writes the queue out before closing).
+    /// Closes a spliced client whose peer is gone. Everything the peer sent before it closed
+    /// still reaches the client: what the driver's queue cannot take yet stays in the
+    /// connection, which drains on `Writable` and closes when empty (a client that stops
+    /// reading meanwhile meets the stall timer).
     fn close_spliced_client<I: Io>(&mut self, now: Instant, client: StreamId, io: &mut I) {
-        let Some(mut c) = self.streams.clients.remove(&client) else {
+        let Some(c) = self.streams.clients.get_mut(&client) else {
             return;
         };
-        self.streams.stats.spliced = self.streams.stats.spliced.saturating_sub(1);
-        self.streams.stats.closed_by_client += 1;
-        self.forget_client_counts(c.tuple.transport);
+        if c.peer.take().is_some() {
+            self.streams.stats.spliced = self.streams.stats.spliced.saturating_sub(1);
+        }
         c.conn.close();
         flush(now, client, &mut c.conn, io);
-        io.stream_close(client);
+        if c.conn.pending_output().is_empty() {
+            self.drained(client, io);
+        } else {
+            c.draining = true;
+            io.stream_set_reading(client, false);
+        }
+    }
+
+    /// A draining client (see [`Client::draining`]) has nothing left in the worker: the driver
+    /// writes out its queue and closes.
+    fn drained<I: Io>(&mut self, client: StreamId, io: &mut I) {
+        if let Some(c) = self.streams.clients.remove(&client) {
+            self.streams.stats.closed_by_client += 1;
+            self.forget_client_counts(c.tuple.transport);
+            io.stream_close(client);
+        }
     }
 
     /// Closes a client connection: an allocation made on it goes (RFC 8656 section 3.1 leaves

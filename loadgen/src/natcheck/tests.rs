@@ -73,7 +73,17 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 /// server's listener at their destination, answers come back from the listener that sent them
 /// and in through the NAT's filtering. Time jumps to the next timer whenever nothing moves.
 /// Returns the outcome and how many answers the NAT filtered.
-fn run_in_memory(mut nat: Option<Nat>, discovery: bool) -> (Result<Report, NatCheckError>, usize) {
+fn run_in_memory(nat: Option<Nat>, discovery: bool) -> (Result<Report, NatCheckError>, usize) {
+    run_with(nat, discovery, false)
+}
+
+/// `answer_from_primary`: every answer leaves by the primary address, as from a server that
+/// ignores CHANGE-REQUEST.
+fn run_with(
+    mut nat: Option<Nat>,
+    discovery: bool,
+    answer_from_primary: bool,
+) -> (Result<Report, NatCheckError>, usize) {
     let t0 = Instant::now();
     let mut now = t0;
     let mut srv = server(t0, discovery);
@@ -124,7 +134,11 @@ fn run_in_memory(mut nat: Option<Nat>, discovery: bool) -> (Result<Report, NatCh
             let Payload::Output(n) = answer.payload else {
                 panic!("a Binding answer is written out")
             };
-            let from = listeners()[via as usize].1;
+            let from = if answer_from_primary {
+                primary
+            } else {
+                listeners()[via as usize].1
+            };
             let dest = match nat.as_ref() {
                 Some(nat) => match nat.translate_in(now, answer.to.port(), v4(from)) {
                     Ok(p) => SocketAddr::V4(p),
@@ -191,6 +205,25 @@ fn without_a_nat_the_mapped_address_is_the_local_one() {
     assert_eq!(r.mapping, Mapping::EndpointIndependent);
     assert_eq!(r.filtering, Filtering::EndpointIndependent);
     assert!(r.to_string().contains("no NAT"));
+}
+
+#[test]
+fn a_server_that_ignores_change_request_is_reported_not_believed() {
+    let (outcome, _) = run_with(None, true, true);
+    let primary = listeners()[0].1;
+    match outcome {
+        Err(NatCheckError::ChangeIgnored {
+            test,
+            from,
+            expected,
+        }) => {
+            assert_eq!(test, "filtering test II");
+            assert_eq!(from, primary);
+            assert_ne!(expected.ip(), primary.ip());
+            assert_ne!(expected.port(), primary.port());
+        }
+        other => panic!("expected ChangeIgnored, got {other:?}"),
+    }
 }
 
 #[test]
