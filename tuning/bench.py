@@ -572,6 +572,14 @@ def ratio(a, b):
     return a / b
 
 
+# The audio workload's name in the tables (``--audio-agents`` changes it).
+AUDIO = "1,000 audio flows"
+
+
+def audio_label(agents):
+    return "{:,} audio flows".format(agents)
+
+
 def targets(results):
     u = figures(results, "uturn-uring")
     c = figures(results, "coturn")
@@ -589,9 +597,9 @@ def targets(results):
     r = ratio(u["audio_per_cpu"], c["audio_per_cpu"])
     p99_ok = None if u["audio_p99"] is None or c["audio_p99"] is None else \
         u["audio_p99"] <= c["audio_p99"]
-    row("1,000 audio flows, relayed packets per CPU-second vs coturn",
+    row(AUDIO + ", relayed packets per CPU-second vs coturn",
         None if r is None else round(r, 2), ">= 1.1", None if r is None else r >= 1.1)
-    row("1,000 audio flows, p99 latency vs coturn",
+    row(AUDIO + ", p99 latency vs coturn",
         None if u["audio_p99"] is None else "%s vs %s us" % (u["audio_p99"], c["audio_p99"]),
         "<= coturn", p99_ok)
     r = ratio(u["churn"], c["churn"])
@@ -637,11 +645,11 @@ def markdown(doc):
     rows.append(["(a) p50 / p99 latency at 80 % of max, us"] + [
         "%s / %s" % (fmt(figures(res, e)["lat80_p50"]), fmt(figures(res, e)["lat80_p99"]))
         for e in engines])
-    add("(b) 1,000 audio flows: relayed packets per CPU-second", "audio_per_cpu")
-    rows.append(["(b) 1,000 audio flows: p50 / p99 latency, us"] + [
+    add("(b) " + AUDIO + ": relayed packets per CPU-second", "audio_per_cpu")
+    rows.append(["(b) " + AUDIO + ": p50 / p99 latency, us"] + [
         "%s / %s" % (fmt(figures(res, e)["audio_p50"]), fmt(figures(res, e)["audio_p99"]))
         for e in engines])
-    add("(b) 1,000 audio flows: loss", "audio_loss", 4)
+    add("(b) " + AUDIO + ": loss", "audio_loss", 4)
     add("(c) authenticated allocations per second", "churn")
     add("(c) allocations per relay CPU-second", "churn_per_cpu")
     add("(d) RSS per idle allocation, 10,000 held, bytes", "rss10k")
@@ -701,7 +709,7 @@ def svg(doc):
         ("relayed pkts / CPU-s, GSO-burst", "burst_per_cpu"),
         ("max pps at < 0.1 % loss", "max_pps"),
         ("p99 latency at 80 % of max (us)", "lat80_p99"),
-        ("relayed pkts / CPU-s, 1,000 audio flows", "audio_per_cpu"),
+        ("relayed pkts / CPU-s, " + AUDIO, "audio_per_cpu"),
         ("p99 latency, audio flows (us)", "audio_p99"),
         ("allocations / s (authenticated)", "churn"),
         ("RSS bytes / idle allocation (50k)", "rss50k"),
@@ -825,6 +833,8 @@ def main():
     runner = Runner(args, bins, outdir)
     if args.audio_agents:
         runner.plan.audio_agents = args.audio_agents
+    global AUDIO
+    AUDIO = audio_label(runner.plan.audio_agents)
     mach = machine()
     print("machine: %s, %s CPUs, kernel %s, load %s" % (
         mach["cpu_model"], mach["cpus"], mach["kernel"], mach["loadavg"]), flush=True)
@@ -850,6 +860,7 @@ def main():
         "relay_core": args.relay_core,
         "loadgen_core": args.loadgen_core,
         "burst": runner.plan.burst,
+        "audio_agents": runner.plan.audio_agents,
         "engines": engines,
         "workloads": workloads,
         "commands": {e: " ".join(Engine(e, bins, args.port, args.relay_core,
