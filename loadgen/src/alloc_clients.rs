@@ -206,6 +206,8 @@ pub struct ClientsWorker {
     next_progress: Instant,
     seed: u64,
     buf: Box<[u8; 2048]>,
+    /// Churn cycles started by this worker: each takes the next address of [`churn_ip`].
+    cycles: u64,
 }
 
 impl ClientsWorker {
@@ -227,6 +229,7 @@ impl ClientsWorker {
             seed,
             buf: Box::new([0; 2048]),
             plan,
+            cycles: 0,
         }
     }
 
@@ -440,7 +443,10 @@ impl ClientsWorker {
         let Some(turn) = self.fresh_turn() else {
             return;
         };
-        let ip = self.plan.bind_ips[ix % self.plan.bind_ips.len()];
+        // Not the client's own address again: the kernel soon hands out a just-closed port
+        // once more, and an Allocate from a 5-tuple the server still remembers gets 437.
+        let ip = churn_ip(self.plan.worker, self.cycles);
+        self.cycles += 1;
         let sock = match io.open_udp(SocketAddr::new(ip, 0)) {
             Ok(s) => s,
             Err(e) => {
@@ -778,6 +784,21 @@ pub fn split(total: usize, threads: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The address of churn cycle `n` of `worker`: a loopback address of its own from 127.1.0.1
+/// on, so that no 5-tuple comes back for millions of cycles (ports alone would: the kernel
+/// reuses a just-freed ephemeral port soon). 127/8 is all loopback on Linux.
+pub fn churn_ip(worker: usize, n: u64) -> IpAddr {
+    // 100 x 250 x 250 addresses, the second octet split between up to 4 workers' ranges.
+    let per = 62_500u64 * 25;
+    let n = (worker as u64 % 4) * per + n % per;
+    IpAddr::V4(std::net::Ipv4Addr::new(
+        127,
+        1 + (n / 62_500) as u8,
+        ((n / 250) % 250) as u8,
+        1 + (n % 250) as u8,
+    ))
+}
+
 /// The loopback addresses clients bind: `127.0.1.1`, `127.0.1.2`, ... one per 20,000 clients.
 /// Not 127.0.0.1, whose ports the relay on this machine hands out; each address has a whole
 /// ephemeral port range of its own.
@@ -840,6 +861,24 @@ mod tests {
         assert_eq!(client_ips(50_000).len(), 3);
         assert!(client_ips(50_000).iter().all(|ip| ip.is_loopback()));
         assert!(!client_ips(1).contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+    }
+
+    #[test]
+    fn churn_cycles_never_reuse_an_address_soon() {
+        let mut seen = std::collections::HashSet::new();
+        for w in 0..2 {
+            for n in 0..200_000 {
+                let ip = churn_ip(w, n);
+                assert!(ip.is_loopback());
+                let IpAddr::V4(v4) = ip else { panic!("IPv4") };
+                assert_ne!(
+                    v4.octets()[1],
+                    0,
+                    "never 127.0.x.x (relay and idle clients)"
+                );
+                assert!(seen.insert(ip), "{ip} again after {n} cycles of worker {w}");
+            }
+        }
     }
 
     #[test]

@@ -88,6 +88,17 @@ pub fn write_segment_cmsg(control: &mut [u8; CMSG_SPACE], segment: u16) -> usize
     CMSG_SPACE
 }
 
+/// Whether a failed GSO send says the kernel will not segment on this path (rather than a
+/// failure the datagrams would meet one by one too): `EIO` (no checksum offload on the
+/// device), `EINVAL` (a segment size it refuses), `EOPNOTSUPP`/`ENOPROTOOPT` (no UDP_SEGMENT).
+/// The caller sends the same datagrams again one by one and stops using GSO.
+pub fn refused(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT
+    )
+}
+
 /// A sort key that makes sends from one socket to one destination adjacent: socket id in the
 /// high half, then the destination folded into 64 bits (exact for IPv4; IPv6 addresses are
 /// folded, and the rare collision only splits a run: runs compare destinations exactly). A u128
@@ -154,6 +165,17 @@ mod tests {
         assert_eq!(run_length(std::iter::repeat_n(10, 200)), MAX_SEGMENTS);
         // 1400-byte segments: 46 fit in MAX_BYTES.
         assert_eq!(run_length(std::iter::repeat_n(1400, 64)), MAX_BYTES / 1400);
+    }
+
+    #[test]
+    fn refusals_that_call_for_plain_sends() {
+        for e in [libc::EIO, libc::EINVAL, libc::EOPNOTSUPP, libc::ENOPROTOOPT] {
+            assert!(refused(e), "{e}");
+        }
+        // These would fail one by one too: no point resending.
+        for e in [libc::EAGAIN, libc::ENOBUFS, libc::ENETUNREACH, libc::EACCES] {
+            assert!(!refused(e), "{e}");
+        }
     }
 
     #[test]

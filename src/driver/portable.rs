@@ -695,9 +695,20 @@ impl Worker {
                     self.block(via);
                     return k;
                 }
+                e if self.sruns[0] > 1 && gso::refused(e) => {
+                    // The kernel will not segment on this path (a device without checksum
+                    // offload, a UDP_SEGMENT it does not know...): GSO off for this worker,
+                    // and the same datagrams go again one by one (the loop rebuilds them).
+                    tracing::warn!(
+                        errno = e,
+                        sock = via.0,
+                        "GSO send refused; GSO off for this worker"
+                    );
+                    self.gso = false;
+                }
                 e => {
-                    // This message is refused (EMSGSIZE, EACCES, ENETUNREACH, EIO for a GSO
-                    // send the path cannot segment...): count its datagrams and go on.
+                    // This message is refused (EMSGSIZE, EACCES, ENETUNREACH...): count its
+                    // datagrams and go on.
                     tracing::debug!(
                         errno = e,
                         sock = via.0,

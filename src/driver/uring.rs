@@ -227,6 +227,9 @@ struct Deferred {
 /// each in its own buffer, sent as one `UDP_SEGMENT` message. Slots sit in a Vec that is never
 /// resized, so the pointers in `hdr` stay valid until the completion.
 struct GsoSlot {
+    /// The run's socket, to send its datagrams again one by one if the kernel refuses GSO.
+    via: SockId,
+    to: SocketAddr,
     hdr: libc::msghdr,
     iov: [libc::iovec; gso::MAX_SEGMENTS],
     bufs: [SlotBuf; gso::MAX_SEGMENTS],
@@ -392,6 +395,8 @@ impl Worker {
         let gso_slots = if config.gso {
             (0..GSO_SLOTS)
                 .map(|_| GsoSlot {
+                    via: SockId(0),
+                    to: SocketAddr::from(([0, 0, 0, 0], 0)),
                     hdr: zeroed_msghdr(),
                     iov: [libc::iovec {
                         iov_base: std::ptr::null_mut(),
@@ -616,6 +621,33 @@ impl Worker {
             return;
         };
         let n = std::mem::replace(&mut slot.n, 0);
+        if c.result < 0 && gso::refused(-c.result) {
+            // The kernel will not segment on this path: the datagrams go again one by one,
+            // and this worker stops using GSO.
+            let (via, to) = (slot.via, slot.to);
+            let segments: Vec<(SlotBuf, *mut u8, usize)> = (0..n)
+                .map(|k| {
+                    let buf = std::mem::replace(&mut slot.bufs[k], SlotBuf::Free);
+                    (buf, slot.iov[k].iov_base.cast(), slot.iov[k].iov_len)
+                })
+                .collect();
+            self.free_gso.push(idx as u32);
+            self.inflight_sends -= 1;
+            if self.gso {
+                tracing::warn!(
+                    errno = -c.result,
+                    "GSO send refused; GSO off for this worker"
+                );
+                self.gso = false;
+            }
+            for (buf, ptr, len) in segments {
+                if !self.queue_send(via, to, buf, ptr, len) {
+                    self.counters.drops += 1;
+                    buf.release(&self.pool, &mut self.send_pool);
+                }
+            }
+            return;
+        }
         for b in &mut slot.bufs[..n] {
             std::mem::replace(b, SlotBuf::Free).release(&self.pool, &mut self.send_pool);
         }
@@ -685,6 +717,8 @@ impl Worker {
             slot.bufs[k] = x.buf;
         }
         slot.n = run.len();
+        slot.via = first.via;
+        slot.to = first.to;
         slot.addr = SockAddr::from(first.to);
         let clen = gso::write_segment_cmsg(&mut slot.control, first.len as u16);
         slot.hdr = zeroed_msghdr();
