@@ -3,32 +3,17 @@
 //! mapped address equal to its own and endpoint-independent filtering, having reached all four
 //! of the server's addresses (OTHER-ADDRESS, CHANGE-REQUEST with IP and port).
 //!
-//! The relay binary is found (or built) as in `turn_only.rs`.
+//! The relay binary is found (or built) by the shared test harness (`common`).
+
+mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const OTHER_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+use common::uturn_bin;
 
-/// The relay binary next to this test's target directory, built if missing.
-fn uturn_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let bin = profile_dir.join("uturn");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "uturn", "--bin", "uturn"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("cargo build").success());
-    }
-    bin
-}
+const OTHER_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A UDP port free on both loopback addresses.
 fn port_free_on_both() -> u16 {

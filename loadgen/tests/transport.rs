@@ -2,7 +2,9 @@
 //! its own TCP (or TLS) connection, relaying to its partner over UDP, no loss. The certificate is
 //! a throwaway one made here (rcgen) for 127.0.0.1; loadgen trusts it with `--tls-ca`.
 //!
-//! The relay binary is found (or built) as in `turn_only.rs`.
+//! The relay binary is found (or built) by the shared test harness (`common`).
+
+mod common;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
@@ -10,25 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::uturn_bin;
 use loadgen::cli::{Args, Config};
 use loadgen::run;
-
-fn uturn_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let bin = profile_dir.join("uturn");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "uturn", "--bin", "uturn"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("cargo build").success());
-    }
-    bin
-}
 
 struct Relay {
     child: Child,
