@@ -257,6 +257,7 @@ fn build_server(
     cfg.max_tcp_connections_per_allocation = l.max_tcp_connections_per_allocation;
     // The top byte of this worker's CONNECTION-IDs (threads are at most 256).
     cfg.worker = worker as u8;
+    cfg.workers = s.threads as u16;
     if let Some(nd) = &s.nat_discovery {
         // The listener tokens are the sockets' ids: the UDP sockets in `udp_listeners` order.
         // The four of RFC 5780 (the primary and its three alternates) answer CHANGE-REQUEST.

@@ -117,7 +117,21 @@ struct Client {
     /// Its spliced peer is gone: what is still queued for the client is written out, then the
     /// connection closes (on `Writable`, or at the stall timer). Nothing more is read from it.
     draining: bool,
+    /// A ConnectionBind for another worker that could not move the socket yet (output of this
+    /// worker still in the kernel's hands); retried each batch, not read meanwhile.
+    handoff: Option<PendingHandOff>,
 }
+
+#[derive(Debug)]
+struct PendingHandOff {
+    request: Vec<u8>,
+    worker: u8,
+    since: Instant,
+}
+
+/// How long a hand-off may wait for the connection's in-flight output before the connection
+/// is closed (the client may bind again).
+const HANDOFF_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum PeerState {
@@ -166,6 +180,8 @@ pub(super) struct Streams {
     /// Client-facing listeners: their transport.
     listeners: HashMap<StreamId, Transport>,
     clients: HashMap<StreamId, Client>,
+    /// Clients with a [`PendingHandOff`].
+    pending_handoffs: Vec<StreamId>,
     pub(super) relay: RelayTcp,
     next_sweep: Option<Instant>,
     pub(super) stats: TcpStats,
@@ -299,11 +315,70 @@ impl RelayWorker {
     /// Per batch: hand-offs from other workers, timers, deferred messages.
     pub(super) fn streams_tick<I: Io>(&mut self, now: Instant, io: &mut I) {
         self.take_hand_offs(now, io);
+        self.retry_hand_offs(now, io);
         if self.streams.next_sweep.is_none_or(|t| now >= t) {
             self.streams.next_sweep = Some(now + SWEEP);
             self.sweep(now, io);
         }
         self.drain_deferred(now, io);
+    }
+
+    /// Hand-offs that had to wait for the connection's output to leave (see [`PendingHandOff`]).
+    fn retry_hand_offs<I: Io>(&mut self, now: Instant, io: &mut I) {
+        if self.streams.pending_handoffs.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.streams.pending_handoffs) {
+            let Some(mut c) = self.streams.clients.remove(&id) else {
+                continue;
+            };
+            let Some(p) = c.handoff.take() else {
+                self.streams.clients.insert(id, c);
+                continue;
+            };
+            let flow = self.hand_off(now, id, &mut c, p.request, p.worker, io);
+            self.settle(now, id, c, flow, p.since, io);
+        }
+    }
+
+    /// Puts a client back after frames were handled, as `flow` says.
+    fn settle<I: Io>(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        mut c: Client,
+        flow: Flow,
+        since: Instant,
+        io: &mut I,
+    ) {
+        match flow {
+            Flow::Keep => {
+                flush(now, id, &mut c.conn, io);
+                self.streams.clients.insert(id, c);
+            }
+            Flow::Close(reason) => {
+                self.streams.clients.insert(id, c);
+                self.close_client(now, id, reason, io);
+            }
+            Flow::Gone => {}
+            Flow::Later { request, worker } => {
+                flush(now, id, &mut c.conn, io);
+                self.streams.clients.insert(id, c);
+                if now.saturating_duration_since(since) >= HANDOFF_PATIENCE {
+                    tracing::debug!(conn = id.0, "hand-off still blocked; closing");
+                    return self.close_client(now, id, CloseReason::ClosedByClient, io);
+                }
+                io.stream_set_reading(id, false);
+                if let Some(c) = self.streams.clients.get_mut(&id) {
+                    c.handoff = Some(PendingHandOff {
+                        request,
+                        worker,
+                        since,
+                    });
+                }
+                self.streams.pending_handoffs.push(id);
+            }
+        }
     }
 
     /// Connection timers (handshake, partial message, idle, stall).
@@ -413,6 +488,7 @@ impl RelayWorker {
                     to_peer: Vec::new(),
                     handshake_counted: transport != Transport::Tls,
                     draining: false,
+                    handoff: None,
                 },
             );
             if self.streams.next_sweep.is_none() {
@@ -497,19 +573,11 @@ impl RelayWorker {
             }
             return;
         }
-        match self.frames(now, id, &mut c, io) {
-            Flow::Keep => {
-                flush(now, id, &mut c.conn, io);
-                self.streams.clients.insert(id, c);
-                if closing {
-                    self.close_client(now, id, CloseReason::ClosedByClient, io);
-                }
-            }
-            Flow::Close(reason) => {
-                self.streams.clients.insert(id, c);
-                self.close_client(now, id, reason, io);
-            }
-            Flow::Gone => {}
+        let flow = self.frames(now, id, &mut c, io);
+        let keep = matches!(flow, Flow::Keep);
+        self.settle(now, id, c, flow, now, io);
+        if keep && closing {
+            self.close_client(now, id, CloseReason::ClosedByClient, io);
         }
     }
 
@@ -628,8 +696,12 @@ impl RelayWorker {
         };
         let fd = match io.stream_detach(id) {
             Ok(fd) => fd,
+            // Output of this worker is still in flight on it: again next batch.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Flow::Later { request, worker };
+            }
             Err(e) => {
-                tracing::debug!(error = %e, "cannot hand a connection off now; closing it");
+                tracing::debug!(error = %e, "cannot hand a connection off; closing it");
                 return Flow::Close(CloseReason::ClosedByClient);
             }
         };
@@ -687,6 +759,7 @@ impl RelayWorker {
                 to_peer: Vec::new(),
                 handshake_counted: true,
                 draining: false,
+                handoff: None,
             };
             let tok = token(id);
             let n = self.now(now);
@@ -720,14 +793,10 @@ impl RelayWorker {
             } else if matches!(flow, Flow::Keep) {
                 // Not bound (the connection died meanwhile, or a bad request): go on reading
                 // TURN messages; the server answered the request already.
-                flow = self.frames(now, id, &mut c, io);
                 io.stream_set_reading(id, true);
+                flow = self.frames(now, id, &mut c, io);
             }
-            flush(now, id, &mut c.conn, io);
-            self.streams.clients.insert(id, c);
-            if let Flow::Close(reason) = flow {
-                self.close_client(now, id, reason, io);
-            }
+            self.settle(now, id, c, flow, now, io);
             self.carry_out_orders(now, io);
         }
     }
@@ -961,6 +1030,11 @@ enum Flow {
     Close(CloseReason),
     /// Handed off: the connection is no longer this worker's.
     Gone,
+    /// A hand-off that must wait (see [`PendingHandOff`]).
+    Later {
+        request: Vec<u8>,
+        worker: u8,
+    },
 }
 
 fn flush_client<I: Io>(

@@ -2398,6 +2398,31 @@ mod tcp_relay {
         assert_eq!(h.tcp().hand_offs.len(), 1);
     }
 
+    /// A CONNECTION-ID whose top byte names no worker (forged or stale) is answered 400 on the
+    /// spot, not handed anywhere (RFC 6062 section 5.4).
+    #[test]
+    fn connection_bind_naming_no_worker_is_400() {
+        let mut h = tcp_h_with(|c| {
+            c.worker = 1;
+            c.workers = 2;
+        });
+        let d = data_conn(101, Transport::Tcp);
+        let n = nonce_on(&mut h, d);
+        let tid = h.tid();
+        let req = request(Method::CONNECTION_BIND, tid, Some((&ALICE, &n)), |e| {
+            e.add(&ConnectionId(0x0700_0001)).unwrap()
+        });
+        assert_eq!(error_code(&h.send_on(d, &req).unwrap().bytes), Some(400));
+        assert!(h.tcp().hand_offs.is_empty());
+        // Worker 0 exists: handed off.
+        let tid = h.tid();
+        let req = request(Method::CONNECTION_BIND, tid, Some((&ALICE, &n)), |e| {
+            e.add(&ConnectionId(0x0000_0001)).unwrap()
+        });
+        assert!(h.send_on(d, &req).is_none());
+        assert_eq!(h.tcp().hand_offs, vec![(101, 0)]);
+    }
+
     /// Deleting a TCP allocation (Refresh 0, expiry, or its control connection closing) closes
     /// its listening sockets and every data connection, and what it still owed is dropped.
     #[test]

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// This worker's index, the top byte of every CONNECTION-ID it hands out, so that a
     /// ConnectionBind arriving at another worker can be moved to this one.
     pub worker: u8,
+    /// How many workers there are: a ConnectionBind whose CONNECTION-ID names a worker at or
+    /// past this number is forged or stale, and is answered 400 here rather than handed off.
+    pub workers: u16,
     /// Seed for port choice and reservation tokens; the driver seeds it from the OS.
     pub seed: u64,
 }
@@ -91,6 +94,7 @@ impl ServerConfig {
             tcp_connect_timeout: Duration::from_secs(30),
             max_tcp_connections_per_allocation: 64,
             worker: 0,
+            workers: 256,
             seed: 0x5eed,
         }
     }

@@ -1389,7 +1389,13 @@ impl Server {
             return Err(with(400));
         };
         if !self.tcp.is_ours(id) {
-            tcp.hand_off(listener, connection_id_worker(id));
+            let worker = connection_id_worker(id);
+            // RFC 6062 section 5.4: an unknown CONNECTION-ID is a 400; one naming no worker
+            // cannot be known anywhere.
+            if u16::from(worker) >= self.cfg.workers {
+                return Err(with(400));
+            }
+            tcp.hand_off(listener, worker);
             return Ok(None);
         }
         let Some(conn) = self.tcp.conns.get(&id.0).copied() else {
