@@ -45,7 +45,8 @@ NOFILE = 1 << 20
 
 ENGINES = ["bare", "bare-best", "uturn-uring", "uturn-portable", "coturn"]
 # An engine may carry kernel-path options for experiments: NAME:key=value+key=value. For uturn they go
-# to the driver through UTURN_DRIVER (gso, gro, ring_entries, recv_buffers, send_buffers); for
+# to the driver through UTURN_DRIVER (gso, gro, ring_entries, recv_buffers, send_buffers, send_zc,
+# sqpoll, busy_poll); for
 # the bare reference, gso=1, gro=1 and connect=1 turn on its --gso, --gro and --connect.
 WORKLOADS = ["sat", "burst", "audio", "churn", "idle10k", "idle50k"]
 # Not in the default set: the saturating run alone, without the loss search and latency runs

@@ -288,6 +288,10 @@ pub struct DriverConfig {
     /// busy poll (`IORING_REGISTER_NAPI`) or `SO_BUSY_POLL` on each socket (portable). Needs a
     /// NIC with NAPI: on loopback it does nothing. Off by default.
     pub busy_poll_us: Option<u32>,
+    /// io_uring only: plain sends (not GSO runs) as `SENDMSG_ZC`, the kernel sending from the
+    /// buffer in place and reporting when it is free. Off by default: measured a loss for small
+    /// datagrams (tuning/README.md).
+    pub send_zc: bool,
 }
 
 impl Default for DriverConfig {
@@ -303,6 +307,7 @@ impl Default for DriverConfig {
             gro: true,
             sqpoll_idle_ms: None,
             busy_poll_us: None,
+            send_zc: false,
         }
     }
 }
@@ -314,7 +319,7 @@ impl DriverConfig {
     /// Applies `UTURN_DRIVER=key=value,...` on top of `self`: the knobs the benchmark harness
     /// (tuning/bench.py) turns to compare kernel paths under one binary. Keys: `gso`, `gro`
     /// (0 or 1), `ring_entries`, `recv_buffers`, `send_buffers`, `sqpoll` (idle ms, 0 off),
-    /// `busy_poll` (microseconds, 0 off). Unknown keys and bad values
+    /// `busy_poll` (microseconds, 0 off), `send_zc` (0 or 1). Unknown keys and bad values
     /// are logged and ignored: a benchmark knob must not stop a relay from starting.
     pub fn with_env_overrides(self) -> Self {
         match std::env::var(ENV_OVERRIDES) {
@@ -342,6 +347,10 @@ impl DriverConfig {
                 }
                 ("gro", Some(f)) => {
                     self.gro = f;
+                    true
+                }
+                ("send_zc", Some(f)) => {
+                    self.send_zc = f;
                     true
                 }
                 ("ring_entries", _) => value.parse().map(|v| self.ring_entries = v).is_ok(),

@@ -291,6 +291,8 @@ pub struct Worker {
     streams: stream::Streams,
     /// GSO: sends of this batch, grouped and submitted at its end.
     gso: bool,
+    /// Plain sends as SENDMSG_ZC (see [`DriverConfig::send_zc`]).
+    send_zc: bool,
     deferred: Vec<Deferred>,
     gso_slots: Vec<GsoSlot>,
     free_gso: Vec<u32>,
@@ -429,6 +431,7 @@ impl Worker {
             counters: Counters::default(),
             streams: stream::Streams::default(),
             gso: config.gso,
+            send_zc: config.send_zc,
             deferred: Vec::new(),
             free_gso: (0..gso_slots.len() as u32).rev().collect(),
             gso_slots,
@@ -553,9 +556,12 @@ impl Worker {
         slot.hdr.msg_iov = &mut slot.iov;
         slot.hdr.msg_iovlen = 1;
         slot.buf = buf;
-        let sqe = opcode::SendMsg::new(Fd(fd), &slot.hdr)
-            .build()
-            .user_data(UD_SEND | u64::from(slot_idx));
+        let sqe = if self.send_zc {
+            opcode::SendMsgZc::new(Fd(fd), &slot.hdr).build()
+        } else {
+            opcode::SendMsg::new(Fd(fd), &slot.hdr).build()
+        }
+        .user_data(UD_SEND | u64::from(slot_idx));
         if self.push_sqe(&sqe) {
             self.inflight_sends += 1;
             true
@@ -592,6 +598,24 @@ impl Worker {
 
     fn complete_send(&mut self, c: Cqe) {
         let idx = (c.user_data & 0xffff_ffff) as usize;
+        // SENDMSG_ZC: the first completion carries the result and, with MORE, says that the
+        // buffer is still the kernel's until a second one flagged NOTIF; only then is it free.
+        let (counted, release) = if cqueue::notif(c.flags) {
+            (false, true)
+        } else {
+            (true, !cqueue::more(c.flags))
+        };
+        if counted {
+            if c.result >= 0 {
+                self.counters.send_packets += 1;
+                self.counters.send_bytes += c.result as u64;
+            } else {
+                self.counters.send_errors += 1;
+            }
+        }
+        if !release {
+            return;
+        }
         let Some(slot) = self.slots.get_mut(idx) else {
             tracing::error!(user_data = c.user_data, "send completion for unknown slot");
             return;
@@ -606,12 +630,6 @@ impl Worker {
         }
         self.free_slots.push(idx as u32);
         self.inflight_sends -= 1;
-        if c.result >= 0 {
-            self.counters.send_packets += 1;
-            self.counters.send_bytes += c.result as u64;
-        } else {
-            self.counters.send_errors += 1;
-        }
     }
 
     fn complete_gso(&mut self, c: Cqe) {
