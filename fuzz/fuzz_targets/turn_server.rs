@@ -1,5 +1,7 @@
 //! Drives the TURN server with sequences of datagrams from a few clients and peers, with the
-//! clock advancing in between. Besides raw bytes, the fuzzer can send correctly authenticated
+//! clock advancing in between. Half the clients speak over TCP, so RFC 6062 (TCP allocations,
+//! Connect, ConnectionBind, peers connecting, connections closing) is driven too, through a fake
+//! `TcpRelays` that the fuzzer answers (connects succeed or fail, peers arrive, close). Besides raw bytes, the fuzzer can send correctly authenticated
 //! requests whose attributes it chooses (the harness knows the nonce key and the password), so
 //! it reaches the allocation, permission and channel code and not just the 401 path.
 //!
@@ -19,7 +21,7 @@ use uturn_proto::stun::{Class, Encoder, LongTermKey, MessageType, Method, Passwo
 use uturn_proto::turn::auth::{make_nonce, Credentials, NonceKey};
 use uturn_proto::turn::policy::{PeerPolicy, PeerPolicyConfig};
 use uturn_proto::turn::{
-    FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server, ServerConfig, Transport,
+    FiveTuple, Now, OpenError, Payload, RelayId, RelaySockets, Server, ServerConfig, TcpRelays, Transport,
 };
 use uturn_proto::ChannelNumber;
 
@@ -39,6 +41,7 @@ enum Attr {
     Family(bool),
     Additional(bool),
     DontFragment,
+    ConnId(u32),
     Unknown(u16, Vec<u8>),
 }
 
@@ -56,12 +59,50 @@ enum Step {
     Peer { r: u8, host: u8, port: u16, data: Vec<u8> },
     /// Time passes.
     Advance { secs: u16 },
+    /// A Connect the server started succeeds or fails.
+    Connected { k: u8, ok: bool },
+    /// A peer connects to the `l`-th relayed TCP address.
+    Accepted { l: u8, host: u8, port: u16 },
+    /// A peer data connection closes.
+    PeerClosed { k: u8 },
+    /// Client `c`'s TCP connection closes.
+    ClientClosed { c: u8 },
+}
+
+/// The TCP side, answered by the fuzzer.
+#[derive(Default)]
+struct Tcp {
+    next: u32,
+    listeners: HashMap<u32, RelayId>,
+    connecting: Vec<ConnectionId>,
+    peers: Vec<ConnectionId>,
+}
+
+impl TcpRelays for Tcp {
+    fn listen(&mut self, _: SocketAddr, id: RelayId) -> Result<u32, OpenError> {
+        self.next += 1;
+        self.listeners.insert(self.next, id);
+        Ok(self.next)
+    }
+    fn close_listener(&mut self, h: u32) {
+        assert!(self.listeners.remove(&h).is_some(), "close of a listener that is not open");
+    }
+    fn connect(&mut self, _: SocketAddr, _: SocketAddr, conn: ConnectionId) {
+        self.connecting.push(conn);
+    }
+    fn close_peer(&mut self, conn: ConnectionId) {
+        self.connecting.retain(|c| *c != conn);
+        self.peers.retain(|c| *c != conn);
+    }
+    fn splice(&mut self, _: u32, _: ConnectionId) {}
+    fn hand_off(&mut self, _: u32, _: u8) {}
 }
 
 #[derive(Default)]
 struct Relays {
     next: u32,
     open: HashMap<u32, RelayId>,
+    tcp: Tcp,
 }
 
 impl RelaySockets for Relays {
@@ -73,10 +114,24 @@ impl RelaySockets for Relays {
     fn close(&mut self, h: u32) {
         assert!(self.open.remove(&h).is_some(), "close of a handle that is not open");
     }
+    fn tcp(&mut self) -> Option<&mut dyn TcpRelays> {
+        Some(&mut self.tcp)
+    }
+}
+
+/// Clients 4 to 7 (mod 8) are on TCP, each on a connection of its own.
+fn is_tcp(c: u8) -> bool {
+    c & 4 != 0
+}
+
+/// The listener token a client's messages arrive on: the shared UDP socket, or its connection.
+fn token(c: u8) -> u32 {
+    if is_tcp(c) { 100 + u32::from(c % 8) } else { 0 }
 }
 
 fn client(c: u8) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, c % 4)), 40000 + u16::from(c % 2))
+    let port = if is_tcp(c) { 41000 } else { 40000 };
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, c % 4)), port + u16::from(c % 2))
 }
 
 fn peer(v6: bool, host: u8, port: u16) -> SocketAddr {
@@ -98,7 +153,8 @@ fn server_addr() -> SocketAddr {
 }
 
 fn tuple(c: u8) -> FiveTuple {
-    FiveTuple { client: client(c), server: server_addr(), transport: Transport::Udp }
+    let transport = if is_tcp(c) { Transport::Tcp } else { Transport::Udp };
+    FiveTuple { client: client(c), server: server_addr(), transport }
 }
 
 fuzz_target!(|steps: Vec<Step>| {
@@ -131,11 +187,19 @@ fuzz_target!(|steps: Vec<Step>| {
         };
         let (input, t) = match step {
             Step::Raw { c, bytes } => {
-                let t = s.handle_client(now, 0, tuple(c), &bytes, &mut out, &mut relays);
+                let t = s.handle_client(now, token(c), tuple(c), &bytes, &mut out, &mut relays);
                 (bytes, t)
             }
             Step::Request { c, method, attrs, sha256, stale, wrong_user } => {
-                let method = [Method::ALLOCATE, Method::REFRESH, Method::CREATE_PERMISSION, Method::CHANNEL_BIND, Method::BINDING][usize::from(method % 5)];
+                let method = [
+                    Method::ALLOCATE,
+                    Method::REFRESH,
+                    Method::CREATE_PERMISSION,
+                    Method::CHANNEL_BIND,
+                    Method::BINDING,
+                    Method::CONNECT,
+                    Method::CONNECTION_BIND,
+                ][usize::from(method % 7)];
                 let mut buf = vec![0u8; 1500];
                 let id = next_tid();
                 let Ok(mut e) = Encoder::new(&mut buf, MessageType::new(method, Class::Request), id) else { continue };
@@ -150,6 +214,7 @@ fuzz_target!(|steps: Vec<Step>| {
                         Attr::Family(v6) => e.add(&RequestedAddressFamily(if *v6 { Family::V6 } else { Family::V4 })),
                         Attr::Additional(v6) => e.add(&AdditionalAddressFamily(if *v6 { Family::V6 } else { Family::V4 })),
                         Attr::DontFragment => e.add(&DontFragment),
+                        Attr::ConnId(id) => e.add(&ConnectionId(*id)),
                         Attr::Unknown(t, v) => e.add_raw(*t, v),
                     };
                 }
@@ -172,7 +237,7 @@ fuzz_target!(|steps: Vec<Step>| {
                 let _ = e.fingerprint();
                 let n = e.finish();
                 buf.truncate(n);
-                let t = s.handle_client(now, 0, tuple(c), &buf, &mut out, &mut relays);
+                let t = s.handle_client(now, token(c), tuple(c), &buf, &mut out, &mut relays);
                 (buf, t)
             }
             Step::Send { c, host, port, data } => {
@@ -182,7 +247,7 @@ fuzz_target!(|steps: Vec<Step>| {
                 let _ = e.add(&Data(&data));
                 let n = e.finish();
                 buf.truncate(n);
-                let t = s.handle_client(now, 0, tuple(c), &buf, &mut out, &mut relays);
+                let t = s.handle_client(now, token(c), tuple(c), &buf, &mut out, &mut relays);
                 (buf, t)
             }
             Step::ChannelData { c, channel, data } => {
@@ -190,7 +255,7 @@ fuzz_target!(|steps: Vec<Step>| {
                 buf.extend_from_slice(&(data.len() as u16).to_be_bytes());
                 buf.extend_from_slice(&data);
                 let _ = ChannelNumber::new(channel);
-                let t = s.handle_client(now, 0, tuple(c), &buf, &mut out, &mut relays);
+                let t = s.handle_client(now, token(c), tuple(c), &buf, &mut out, &mut relays);
                 (buf, t)
             }
             Step::Peer { r, host, port, data } => {
@@ -203,6 +268,42 @@ fuzz_target!(|steps: Vec<Step>| {
                 buf[64..64 + data.len()].copy_from_slice(&data);
                 let t = s.handle_peer(now, id, peer(host % 2 == 1, host, port), &mut buf, 64..64 + data.len(), &mut out);
                 (buf, t)
+            }
+            Step::Connected { k, ok } => {
+                if relays.tcp.connecting.is_empty() {
+                    continue;
+                }
+                let i = usize::from(k) % relays.tcp.connecting.len();
+                let id = relays.tcp.connecting.remove(i);
+                if ok {
+                    relays.tcp.peers.push(id);
+                }
+                s.tcp_connected(now, id, ok, &mut relays);
+                (Vec::new(), None)
+            }
+            Step::Accepted { l, host, port } => {
+                let ids: Vec<RelayId> = relays.tcp.listeners.values().copied().collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let relay = ids[usize::from(l) % ids.len()];
+                if let Some(id) = s.tcp_accepted(now, relay, peer(false, host, port)) {
+                    relays.tcp.peers.push(id);
+                }
+                (Vec::new(), None)
+            }
+            Step::PeerClosed { k } => {
+                if relays.tcp.peers.is_empty() {
+                    continue;
+                }
+                let i = usize::from(k) % relays.tcp.peers.len();
+                let id = relays.tcp.peers.remove(i);
+                s.tcp_closed(id);
+                (Vec::new(), None)
+            }
+            Step::ClientClosed { c } => {
+                s.connection_closed(token(c), tuple(c), &mut relays);
+                (Vec::new(), None)
             }
             Step::Advance { secs } => {
                 elapsed += u64::from(secs % 700);
@@ -217,6 +318,12 @@ fuzz_target!(|steps: Vec<Step>| {
                 Payload::Output(n) => assert!(n <= out.len()),
             }
         }
+        // Connect results and ConnectionAttempts decided meanwhile.
+        while let Some(t) = s.poll_transmit(&mut out) {
+            if let Payload::Output(n) = t.payload {
+                assert!(n <= out.len());
+            }
+        }
         let st = s.stats();
         assert!(s.allocation_count() <= MAX_ALLOCS);
         assert_eq!(st.allocations_active as usize, s.allocation_count());
@@ -224,5 +331,7 @@ fuzz_target!(|steps: Vec<Step>| {
         assert!(st.channels_active as usize <= MAX_ALLOCS * MAX_CHANNELS);
         // One relay socket per allocation family, two at most.
         assert!(relays.open.len() <= 2 * s.allocation_count());
+        // A TCP allocation listens on one relayed address.
+        assert!(relays.tcp.listeners.len() <= s.allocation_count());
     }
 });
