@@ -29,7 +29,7 @@ use uturn_proto::stun::Method;
 
 use crate::run::{core_for, RunError};
 use crate::stats::{Hist, Percentiles};
-use crate::turn_only::{failure_text, Credentials, LOAD_RETRANSMIT};
+use crate::turn_only::failure_text;
 
 /// What a client does once its allocation is granted.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -91,8 +91,6 @@ pub struct ClientStats {
     pub teardown: BTreeMap<String, u64>,
     /// Clients whose socket could not be opened.
     pub socket_errors: u64,
-    /// Most allocations held at once.
-    pub held_max: u64,
 }
 
 impl Default for ClientStats {
@@ -105,7 +103,6 @@ impl Default for ClientStats {
             failures: BTreeMap::new(),
             teardown: BTreeMap::new(),
             socket_errors: 0,
-            held_max: 0,
         }
     }
 }
@@ -123,7 +120,6 @@ impl ClientStats {
             *self.teardown.entry(k.clone()).or_default() += v;
         }
         self.socket_errors += o.socket_errors;
-        self.held_max += o.held_max;
     }
 
     pub fn failed(&self) -> u64 {
@@ -231,10 +227,6 @@ impl ClientsWorker {
             plan,
             cycles: 0,
         }
-    }
-
-    pub fn stats(&self) -> &ClientStats {
-        &self.stats
     }
 
     /// A client that has no nonce yet: its first Allocate is answered 401.
@@ -358,7 +350,6 @@ impl ClientsWorker {
                 if keep {
                     c.state = State::Held;
                     self.held += 1;
-                    self.stats.held_max = self.stats.held_max.max(self.held);
                 } else if Self::deallocate(c, now, &mut self.stats) {
                     self.deleting += 1;
                 }
@@ -435,7 +426,6 @@ impl ClientsWorker {
         }
     }
 
-    /// A new churn cycle on the client's socket, from a fresh client.
     /// A new churn cycle from a fresh client on a fresh socket: a new session has a new
     /// 5-tuple, and servers may keep a deleted allocation's 5-tuple for a while (coturn answers
     /// 437 to an Allocate from it).
@@ -809,16 +799,6 @@ pub fn client_ips(clients: usize) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The client configuration every mode shares: the run's credentials, loadgen's short
-/// retransmission schedule.
-pub fn client_config(server: SocketAddr, c: &Credentials) -> ClientConfig {
-    let mut cfg = ClientConfig::new(server, &c.username, &c.password);
-    cfg.realm = Some(c.realm.clone());
-    cfg.software = Some(concat!("uturn-loadgen ", env!("CARGO_PKG_VERSION")).into());
-    cfg.retransmit = LOAD_RETRANSMIT;
-    cfg
-}
-
 /// Resident memory of a process (`VmRSS` in `/proc/PID/status`), in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -904,14 +884,13 @@ mod tests {
             allocations: 4,
             deallocations: 4,
             socket_errors: 1,
-            held_max: 7,
             ..ClientStats::default()
         };
         b.allocation_us.record(300);
         b.fail("allocate: timeout".into());
         a.merge(&b);
         assert_eq!((a.allocations, a.window_allocations), (7, 2));
-        assert_eq!((a.deallocations, a.held_max), (4, 7));
+        assert_eq!(a.deallocations, 4);
         assert_eq!(a.failures["allocate: timeout"], 2);
         assert_eq!(a.failed(), 3);
         assert_eq!(a.allocation_us().count, 2);

@@ -8,22 +8,22 @@
 //! with `--agents` requests outstanding, not what loadgen offers.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use uturn::driver::{self, Backend, Chosen};
+use uturn::driver::Chosen;
 
-use crate::alloc_clients::{
-    client_config, client_ips, split, Behaviour, ClientStats, ClientsPlan, Workers,
-};
+use crate::alloc_clients::{client_ips, split, Behaviour, ClientStats, ClientsPlan, Workers};
 use crate::cli::Config;
 use crate::cpu::{CpuWindow, Process};
 use crate::preflight;
+use crate::report::r3;
+use crate::run::{backend, write_json};
 use crate::run::{RunError, SHUTDOWN_GRACE};
 use crate::stats::Percentiles;
+use crate::turn_only::client_config;
 
 /// The JSON report of a churn run (`schema` 1; keys are only ever added).
 #[derive(Clone, Debug, Serialize)]
@@ -90,10 +90,10 @@ impl GeneratorCpu {
         let cpu_cores = cpu_seconds / window_s.max(1e-9);
         let utilization = cpu_cores / threads.max(1) as f64;
         GeneratorCpu {
-            cpu_seconds: round3(cpu_seconds),
-            cpu_cores: round3(cpu_cores),
+            cpu_seconds: r3(cpu_seconds),
+            cpu_cores: r3(cpu_cores),
             threads,
-            utilization: round3(utilization),
+            utilization: r3(utilization),
             limit: if utilization >= 0.9 {
                 "generator"
             } else {
@@ -102,33 +102,6 @@ impl GeneratorCpu {
             backend: format!("{backend:?}").to_lowercase(),
         }
     }
-}
-
-pub fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-/// Resolves the backend once for every worker, as the turn-only run does.
-pub fn backend(config: &Config) -> Result<(Backend, Chosen), RunError> {
-    let selection = driver::select_backend(config.backend)?;
-    Ok(match selection.chosen {
-        Chosen::Uring => (Backend::Uring, Chosen::Uring),
-        Chosen::Portable => (Backend::Portable, Chosen::Portable),
-    })
-}
-
-/// Writes `value` as pretty JSON.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| RunError::Output {
-        what: "JSON report",
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(path, text + "\n").map_err(|e| RunError::Output {
-        what: "JSON report",
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
 }
 
 /// Runs the churn benchmark described by `config`.
@@ -215,7 +188,7 @@ fn build(
         allocations: ChurnAllocations {
             granted: s.allocations,
             in_window: s.window_allocations,
-            per_second: round3(per_second),
+            per_second: r3(per_second),
             deallocated: s.deallocations,
             failed: s.failed(),
             failures: s.failures.clone(),
@@ -224,9 +197,9 @@ fn build(
         allocation_us: s.allocation_us(),
         server: config.server_pid.zip(server_s).map(|(pid, cpu)| ServerCpu {
             pid,
-            cpu_seconds: round3(cpu),
-            cpu_cores: round3(cpu / window_s.max(1e-9)),
-            per_cpu_second: round3(s.window_allocations as f64 / cpu.max(1e-9)),
+            cpu_seconds: r3(cpu),
+            cpu_cores: r3(cpu / window_s.max(1e-9)),
+            per_cpu_second: r3(s.window_allocations as f64 / cpu.max(1e-9)),
         }),
         generator: GeneratorCpu::new(gen_s, window_s, threads, backend),
     }

@@ -16,15 +16,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::alloc_clients::{
-    client_config, client_ips, rss_kib, slab_kib, split, Behaviour, ClientsPlan, Workers,
-};
-use crate::churn::{backend, round3, write_json, GeneratorCpu};
+use crate::alloc_clients::{client_ips, rss_kib, slab_kib, split, Behaviour, ClientsPlan, Workers};
+use crate::churn::GeneratorCpu;
 use crate::cli::Config;
 use crate::cpu::{CpuWindow, Process};
 use crate::preflight;
+use crate::report::r3;
+use crate::run::{backend, write_json};
 use crate::run::{RunError, SHUTDOWN_GRACE};
 use crate::stats::Percentiles;
+use crate::turn_only::client_config;
 
 /// Most Allocates outstanding at once (over all workers).
 pub const CONCURRENCY: usize = 256;
@@ -184,7 +185,7 @@ pub fn run(config: &Config) -> Result<IdleReport, RunError> {
 
     let hold_s = config.duration.as_secs_f64();
     let per_alloc = |before: u64, after: u64| {
-        round3((after as f64 - before as f64) * 1024.0 / (held.max(1)) as f64)
+        r3((after as f64 - before as f64) * 1024.0 / (held.max(1)) as f64)
     };
     let report = IdleReport {
         schema: 1,
@@ -203,8 +204,8 @@ pub fn run(config: &Config) -> Result<IdleReport, RunError> {
             failed: stats.failed(),
             failures: stats.failures.clone(),
             teardown_failures: stats.teardown.clone(),
-            setup_s: round3(setup_s),
-            per_second: round3(held as f64 / setup_s.max(1e-9)),
+            setup_s: r3(setup_s),
+            per_second: r3(held as f64 / setup_s.max(1e-9)),
         },
         allocation_us: stats.allocation_us(),
         server: match (config.server_pid, rss_before, rss_held) {
@@ -213,8 +214,8 @@ pub fn run(config: &Config) -> Result<IdleReport, RunError> {
                 rss_before_kib: b,
                 rss_held_kib: h,
                 rss_per_allocation_bytes: per_alloc(b, h),
-                idle_cpu_seconds: round3(server_s.unwrap_or(0.0)),
-                idle_cpu_cores: round3(server_s.unwrap_or(0.0) / hold_s.max(1e-9)),
+                idle_cpu_seconds: r3(server_s.unwrap_or(0.0)),
+                idle_cpu_cores: r3(server_s.unwrap_or(0.0) / hold_s.max(1e-9)),
             }),
             _ => None,
         },

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io;
 use std::path::Path;
 
 use serde::Serialize;
@@ -211,7 +210,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// Rounds for the report: figures are measurements, not 17-digit truths.
-fn r3(x: f64) -> f64 {
+/// Rounded to 3 decimals, for the JSON reports.
+pub(crate) fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -303,10 +303,6 @@ impl Report {
     pub fn to_json(&self) -> String {
         // Serialising plain structs of numbers, strings and maps with string keys cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    }
-
-    pub fn write_json(&self, path: &Path) -> io::Result<()> {
-        std::fs::write(path, self.to_json() + "\n")
     }
 
     /// The readable summary printed at the end of a run.

@@ -1,6 +1,7 @@
 //! A whole run: preflight, workers on their cores, the live display, the report.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,26 @@ struct WorkerThread {
     thread: JoinHandle<Result<Counters, String>>,
 }
 
+/// Resolves the backend once for every worker (every mode: turn-only, ICE, churn, idle).
+pub fn backend(config: &Config) -> Result<(Backend, Chosen), RunError> {
+    let selection = driver::select_backend(config.backend)?;
+    Ok(match selection.chosen {
+        Chosen::Uring => (Backend::Uring, Chosen::Uring),
+        Chosen::Portable => (Backend::Portable, Chosen::Portable),
+    })
+}
+
+/// Writes `value` as pretty JSON (every mode's `--json`).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RunError> {
+    let output = |e: String| RunError::Output {
+        what: "JSON report",
+        path: path.display().to_string(),
+        reason: e,
+    };
+    let text = serde_json::to_string_pretty(value).map_err(|e| output(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| output(e.to_string()))
+}
+
 /// Runs the load described by `config`; prints progress on stderr unless `config.quiet`.
 pub fn run(config: &Config) -> Result<Outcome, RunError> {
     if matches!(config.mode, Mode::Churn | Mode::Idle) {
@@ -88,11 +109,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             pre.relayed
         );
     }
-    let selection = driver::select_backend(config.backend)?;
-    let backend = match selection.chosen {
-        Chosen::Uring => Backend::Uring,
-        Chosen::Portable => Backend::Portable,
-    };
+    let (backend, chosen) = backend(config)?;
 
     let threads = config.threads.max(1);
     let pairs = config.agents / 2;
@@ -273,7 +290,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
             generator_cpu_s,
             server: config.server_pid.zip(server_cpu_s),
             relay_hops,
-            backend: format!("{:?}", selection.chosen).to_lowercase(),
+            backend: format!("{chosen:?}").to_lowercase(),
             driver: driver_counters,
             timeline,
         },
@@ -287,11 +304,7 @@ pub fn run(config: &Config) -> Result<Outcome, RunError> {
         ));
     }
     if let Some(path) = &config.json {
-        report.write_json(path).map_err(|e| RunError::Output {
-            what: "JSON report",
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        write_json(path, &report)?;
     }
     if let Some(path) = &config.plot {
         let title = format!(

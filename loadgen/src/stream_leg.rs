@@ -231,14 +231,6 @@ impl StreamLeg {
         c.backlog.is_empty()
     }
 
-    /// Closes every connection (the run is over).
-    pub fn close_all(&mut self, io: &mut dyn NetIo) {
-        for (id, _) in self.conns.drain() {
-            io.stream_close(id);
-        }
-        self.by_agent.clear();
-    }
-
     /// A driver event on one of the leg's connections. Whole messages go to the inbox.
     pub fn on_stream(&mut self, event: StreamEvent<'_>, io: &mut dyn NetIo) -> LegEvent {
         match event {
@@ -333,8 +325,8 @@ impl StreamLeg {
         LegEvent::Quiet
     }
 
-    /// The messages that arrived, each with its agent, as `(agent, bytes)`; call
-    /// [`StreamLeg::give_back`] with the buffers when done.
+    /// The messages that arrived: one buffer, and `(agent, start, end)` for each message in it;
+    /// call [`StreamLeg::give_back`] with the buffers when done.
     pub fn take_inbox(&mut self) -> (Vec<u8>, Vec<(AgentIx, usize, usize)>) {
         (
             std::mem::take(&mut self.inbox),

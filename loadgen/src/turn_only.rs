@@ -43,6 +43,16 @@ pub struct Credentials {
     pub realm: String,
 }
 
+/// The client configuration every mode shares: the run's credentials, loadgen's short
+/// retransmission schedule (UDP; the caller sets another transport).
+pub fn client_config(server: SocketAddr, c: &Credentials) -> ClientConfig {
+    let mut cfg = ClientConfig::new(server, &c.username, &c.password);
+    cfg.realm = Some(c.realm.clone());
+    cfg.software = Some(concat!("uturn-loadgen ", env!("CARGO_PKG_VERSION")).into());
+    cfg.retransmit = LOAD_RETRANSMIT;
+    cfg
+}
+
 /// The turn-only scenario's settings.
 #[derive(Clone, Debug)]
 pub struct TurnOnlyConfig {
@@ -122,11 +132,7 @@ impl TurnOnly {
     }
 
     fn client_config(&self) -> ClientConfig {
-        let c = &self.config.credentials;
-        let mut cfg = ClientConfig::new(self.config.server, &c.username, &c.password);
-        cfg.realm = Some(c.realm.clone());
-        cfg.software = Some(concat!("uturn-loadgen ", env!("CARGO_PKG_VERSION")).into());
-        cfg.retransmit = LOAD_RETRANSMIT;
+        let mut cfg = client_config(self.config.server, &self.config.credentials);
         cfg.transport = self.config.transport.client();
         cfg
     }

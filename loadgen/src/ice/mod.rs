@@ -214,11 +214,6 @@ impl IceScenario {
         Some(self.peers.get(agent)?.as_ref()?.ice.state())
     }
 
-    /// The agent's current selected pair.
-    pub fn selected(&self, agent: AgentIx) -> Option<SelectedPair> {
-        self.peers.get(agent)?.as_ref()?.ice.selected_pair()
-    }
-
     fn layout(&mut self, run_pair: usize) -> Layout {
         match &self.config.placement {
             Placement::Each(spec) => {
