@@ -69,6 +69,9 @@ struct QueuedSend {
     seq: u32,
     /// The destination, for grouping GSO runs; `to` is the same as the kernel reads it.
     dest: SocketAddr,
+    /// [`gso::group_key`] of `via` and `dest`, computed once when queued: the batch's sort
+    /// compares keys O(n log n) times.
+    key: u128,
     to: SockAddr,
     buf: SendBuf,
     start: u32,
@@ -426,7 +429,9 @@ impl Worker {
             };
             segs.clear();
             if self.gro_pending.is_some() {
-                // Cannot happen with the read limit above; never deliver out of order.
+                // A datagram of this batch is waiting for buffers (`receive` reads no other
+                // socket meanwhile). The read limit sized the batch for the free buffers, so
+                // this is rare; drop and count rather than deliver out of order.
                 self.counters.enobufs += 1;
                 continue;
             }
@@ -548,6 +553,7 @@ impl Worker {
             via,
             seq,
             dest: to,
+            key: gso::group_key(via.0, &to),
             to: SockAddr::from(to),
             buf,
             start: range.start as u32,
@@ -578,7 +584,7 @@ impl Worker {
         let mut queue = std::mem::take(&mut self.queue);
         if self.gso {
             // Runs to one destination become adjacent (and stay in queue order).
-            queue.sort_unstable_by_key(|q| (gso::group_key(q.via.0, &q.dest), q.seq));
+            queue.sort_unstable_by_key(|q| (q.key, q.seq));
         } else {
             queue.sort_unstable_by_key(|q| (q.via, q.seq));
         }
@@ -801,7 +807,9 @@ impl Worker {
         let mut ready = std::mem::take(&mut self.ready);
         let mut out_of_buffers = false;
         ready.retain(|&id| {
-            if out_of_buffers {
+            // A coalesced datagram waiting for buffers (`gro_pending`) goes first: reading
+            // another socket meanwhile would have to drop what it read (see `recv_batch`).
+            if out_of_buffers || self.gro_pending.is_some() {
                 return true;
             }
             match self.recv_batch(id, handler, now) {

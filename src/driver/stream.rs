@@ -131,8 +131,6 @@ pub trait StreamIo {
     fn stream_set_reading(&mut self, id: StreamId, on: bool);
     /// Queues bytes for `id`; returns how many were taken (all unless the queue is full).
     fn stream_send(&mut self, id: StreamId, bytes: &[u8]) -> usize;
-    /// Bytes queued for `id` and not yet written to the kernel.
-    fn stream_queued(&self, id: StreamId) -> usize;
     /// How many more bytes [`StreamIo::stream_send`] takes now.
     fn stream_room(&self, id: StreamId) -> usize;
     /// Closes `id` once its queue is written, at most [`LINGER`] from now.

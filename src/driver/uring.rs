@@ -19,8 +19,9 @@
 //! has not consumed yet.
 //!
 //! # user_data
-//! The top byte says what completed ([`UD_RECV`], [`UD_SEND`], [`UD_CANCEL`]); the low 32 bits
-//! are the socket id (receives) or the send slot (sends).
+//! The top byte says what completed ([`UD_RECV`], [`UD_SEND`], [`UD_CANCEL`], [`UD_GSO`], and
+//! the stream kinds from `0x10` in `stream.rs`); the low 32 bits are the socket id (receives),
+//! the send slot (sends), the GSO slot, or the stream id.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -71,8 +72,9 @@ const BGID: u16 = 0;
 const BIG_CONTROL: usize = 64;
 const BIG_PAYLOAD_AT: usize = OUT_HDR + NAME_LEN + BIG_CONTROL;
 const BIG_BUF: usize = BIG_PAYLOAD_AT + 65_536;
-/// Big receive buffers in GRO mode. Each receive takes one until the end of its batch (its
-/// segments are copied out at once), so this bounds the datagrams one batch can receive before
+/// Big receive buffers in GRO mode. Each receive takes one until its segments are copied out:
+/// at once, or, when pool buffers run short, once they come back (`gro_backlog`, possibly a
+/// later batch). So this bounds the datagrams one batch can receive before
 /// a multishot receive runs out; the memory is mapped lazily (a small datagram touches one
 /// page), so the resident cost is about 4 KiB each unless large coalesced datagrams arrive.
 const GRO_BUFFERS: u16 = 512;
@@ -217,6 +219,9 @@ impl SlotBuf {
 struct Deferred {
     via: SockId,
     to: SocketAddr,
+    /// [`gso::group_key`] of `via` and `to`, computed once: the batch's sort compares keys
+    /// O(n log n) times.
+    key: u128,
     seq: u32,
     buf: SlotBuf,
     ptr: *mut u8,
@@ -688,7 +693,7 @@ impl Worker {
             return;
         }
         let mut d = std::mem::take(&mut self.deferred);
-        d.sort_unstable_by_key(|x| (gso::group_key(x.via.0, &x.to), x.seq));
+        d.sort_unstable_by_key(|x| (x.key, x.seq));
         let mut i = 0;
         while i < d.len() {
             let (via, to) = (d[i].via, d[i].to);
@@ -781,6 +786,7 @@ impl Worker {
         self.deferred.push(Deferred {
             via,
             to,
+            key: gso::group_key(via.0, &to),
             seq,
             buf,
             ptr,
@@ -791,7 +797,8 @@ impl Worker {
 
     /// GRO mode: one receive in a big buffer, split into segments, each copied into a pool
     /// buffer of its own (its headroom must be free for the handler) and handed over as its own
-    /// packet. The big buffer goes back to the ring at once.
+    /// packet. The big buffer goes back to the ring once every segment is out (at once unless
+    /// pool buffers run short; then it waits in `gro_backlog`).
     fn complete_recv_gro<H: Handler>(&mut self, c: Cqe, handler: Option<&mut H>, now: Instant) {
         let id = SockId((c.user_data & 0xffff_ffff) as u32);
         let big_bid = cqueue::buffer_select(c.flags).map(u32::from);
@@ -1106,6 +1113,8 @@ struct RecvOut {
     len: usize,
     /// Payload bytes actually in the buffer (less than `len` when truncated).
     received: usize,
+    /// `msg_flags` (MSG_TRUNC among them).
+    flags: u32,
 }
 
 /// Parses a receive buffer whose payload starts at `payload_at`, with room for `max_payload`.
@@ -1120,7 +1129,7 @@ fn parse_recv_out_at(
             buf.get(i * 4..i * 4 + 4)?.try_into().ok()?,
         ))
     };
-    let (namelen, controllen, payloadlen) = (word(0)?, word(1)?, word(2)?);
+    let (namelen, controllen, payloadlen, flags) = (word(0)?, word(1)?, word(2)?, word(3)?);
     let from = sockaddr::parse(
         buf.get(OUT_HDR..OUT_HDR + NAME_LEN)?,
         (namelen as usize).min(NAME_LEN),
@@ -1132,6 +1141,7 @@ fn parse_recv_out_at(
         controllen: controllen as usize,
         len,
         received,
+        flags,
     })
 }
 
@@ -1139,21 +1149,9 @@ fn parse_recv_out_at(
 /// kernel filled with `filled` bytes. Returns the sender and the payload length, or `None` for
 /// the length when the datagram did not fit (MSG_TRUNC).
 fn parse_recv_out(buf: &[u8], filled: usize) -> Option<(SocketAddr, Option<usize>)> {
-    let word = |i: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(
-            buf.get(i * 4..i * 4 + 4)?.try_into().ok()?,
-        ))
-    };
-    let (namelen, _controllen, payloadlen, flags) = (word(0)?, word(1)?, word(2)?, word(3)?);
-    let from = sockaddr::parse(
-        buf.get(OUT_HDR..OUT_HDR + NAME_LEN)?,
-        (namelen as usize).min(NAME_LEN),
-    )?;
-    let len = payloadlen as usize;
-    if flags & libc::MSG_TRUNC as u32 != 0 || len > MAX_PAYLOAD || PAYLOAD_AT + len > filled {
-        return Some((from, None));
-    }
-    Some((from, Some(len)))
+    let r = parse_recv_out_at(buf, filled, PAYLOAD_AT, MAX_PAYLOAD)?;
+    let fits = r.flags & libc::MSG_TRUNC as u32 == 0 && r.len <= MAX_PAYLOAD && r.received == r.len;
+    Some((r.from, fits.then_some(r.len)))
 }
 
 fn to_cqe(e: cqueue::Entry) -> Cqe {

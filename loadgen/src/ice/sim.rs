@@ -101,9 +101,6 @@ impl StreamIo for SimIo {
     fn stream_send(&mut self, _: StreamId, _: &[u8]) -> usize {
         0
     }
-    fn stream_queued(&self, _: StreamId) -> usize {
-        0
-    }
     fn stream_room(&self, _: StreamId) -> usize {
         0
     }

@@ -795,16 +795,6 @@ impl StreamIo for Worker {
         n
     }
 
-    fn stream_queued(&self, id: StreamId) -> usize {
-        match self.streams.get(id) {
-            Some(UStream {
-                kind: Kind::Conn { out, .. },
-                ..
-            }) => out.len(),
-            _ => 0,
-        }
-    }
-
     fn stream_room(&self, id: StreamId) -> usize {
         match self.streams.get(id) {
             Some(UStream {
