@@ -578,11 +578,11 @@ fn resolve(cli: &Cli, f: FileConfig, from_file: bool) -> Result<Settings, Config
             d.stall_timeout.as_secs(),
         )?,
     };
-    // The largest message (64 KiB + header) must fit, or a client could never be answered.
     let tcp_max_connections = f.tcp_max_connections.unwrap_or(20_000);
     if tcp_max_connections == 0 {
         return Err(err("tcp_max_connections", "must be at least 1"));
     }
+    // The largest message (64 KiB + header) must fit, or a client could never be answered.
     if stream_limits.max_outbound < 70_000 {
         return Err(err("tcp_max_outbound", "must be at least 70000 bytes"));
     }

@@ -32,7 +32,11 @@ pub fn reserved_descriptors(threads: usize, listeners: usize) -> u64 {
     32 + (4 + listeners as u64) * threads as u64
 }
 
-/// How many relay sockets each worker may open with `nofile` descriptors in all.
+/// How many relay sockets each worker may open with `nofile` descriptors in all. TCP and TLS
+/// client connections (at most `tcp_max_connections`) and RFC 6062 peer connections are not
+/// reserved here: they take descriptors from the same limit, and an accept that finds none is
+/// counted and retried by the driver. An operator with stream listeners sizes `LimitNOFILE` for
+/// both (tuning/uturn.service).
 pub fn relay_socket_budget(nofile: u64, threads: usize, listeners: usize) -> usize {
     let spare = nofile.saturating_sub(reserved_descriptors(threads, listeners));
     (spare / threads.max(1) as u64) as usize

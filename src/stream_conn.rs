@@ -28,7 +28,7 @@
 //!               while let Some(m) = conn.next_message() { m?; server.handle_client(.., m, ..)
 //!                   -> transmit: conn.send(now, bytes)? }
 //! on writable:  n = write(sock, conn.pending_output()); conn.consumed(now, n)
-//! on EOF:       conn.receive_eof(); close after flushing pending_output()
+//! on EOF:       close after flushing pending_output()
 //! on timer:     conn.handle_timeout(now)?   (wake at conn.poll_timeout())
 //! ```
 
@@ -169,7 +169,7 @@ impl StreamConn {
 
     /// Bytes read from the socket. In framed mode, take the messages with
     /// [`StreamConn::next_message`] before the next call; in spliced mode, the client's bytes
-    /// with [`StreamConn::take_raw`].
+    /// with [`StreamConn::take_raw_into`].
     pub fn receive(&mut self, now: Instant, bytes: &[u8]) -> Result<(), CloseReason> {
         if self.tls.is_none() {
             self.plaintext(bytes);
@@ -183,16 +183,10 @@ impl StreamConn {
     }
 
     /// TLS only: the client sent close_notify. What came before it in the same read is still
-    /// to be taken ([`StreamConn::next_message`], [`StreamConn::take_raw`]); then the
+    /// to be taken ([`StreamConn::next_message`], [`StreamConn::take_raw_into`]); then the
     /// connection closes.
     pub fn client_has_closed(&self) -> bool {
         self.client_closed
-    }
-
-    /// The client closed its side (EOF on the socket).
-    pub fn receive_eof(&mut self) -> CloseReason {
-        self.client_closed = true;
-        CloseReason::ClosedByClient
     }
 
     fn plaintext(&mut self, bytes: &[u8]) {
@@ -278,7 +272,7 @@ impl StreamConn {
 
     /// Ends framing after a successful ConnectionBind (RFC 6062 section 5.4): returns the bytes
     /// that followed the request, which belong to the peer already. From now on the client's
-    /// bytes come out of [`StreamConn::take_raw`], and [`StreamConn::send`] carries the peer's.
+    /// bytes come out of [`StreamConn::take_raw_into`], and [`StreamConn::send`] carries the peer's.
     pub fn splice(&mut self) -> Vec<u8> {
         self.mode = Mode::Spliced;
         self.partial_since = None;
@@ -287,9 +281,14 @@ impl StreamConn {
         rest
     }
 
-    /// Spliced mode: the client's bytes received so far, for the peer.
-    pub fn take_raw(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.raw_in)
+    /// Spliced mode: moves the client's bytes received so far onto the end of `to` (the bytes
+    /// waiting for the peer). No allocation when `to` is empty: the two buffers swap.
+    pub fn take_raw_into(&mut self, to: &mut Vec<u8>) {
+        if to.is_empty() {
+            std::mem::swap(to, &mut self.raw_in);
+        } else {
+            to.append(&mut self.raw_in);
+        }
     }
 
     // -----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use uturn_proto::turn::{
 };
 
 use crate::driver::{
-    Counters, Handler, Io, RecvPacket, SockId, StreamCounters, StreamEvent, StreamId, UdpOptions,
+    Counters, Handler, Io, RecvPacket, SockId, StreamCounters, StreamEvent, UdpOptions,
 };
 
 mod streams;
@@ -220,18 +220,14 @@ impl Handler for RelayWorker {
         };
         let Some(t) = transmit else { return };
         if let Via::Listener(tok) = t.via {
-            if tok & STREAM_TOKEN != 0 {
+            if let Some(id) = streams::stream_of(tok) {
                 // To a client on TCP or TLS: the bytes are copied into its connection.
-                let id = StreamId(tok & !STREAM_TOKEN);
-                match &t.payload {
+                match t.payload {
                     Payload::Input(r) => {
                         let data = pkt.buf().get(base + r.start..base + r.end);
                         self.send_to_client(now.instant, id, data.unwrap_or_default(), io);
                     }
-                    Payload::Output(n) => {
-                        let data = self.out.get(..*n).unwrap_or_default().to_vec();
-                        self.send_to_client(now.instant, id, &data, io);
-                    }
+                    Payload::Output(n) => self.route_out(now.instant, &t, n, io),
                 }
                 return;
             }

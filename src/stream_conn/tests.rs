@@ -420,7 +420,13 @@ fn splice_hands_over_the_rest_and_passes_bytes_through() {
         assert!(c.is_spliced());
         assert!(c.next_message(t).is_none());
         feed(&mut c, &mut cl, b"\xffmore, not STUN");
-        assert_eq!(c.take_raw(), b"\xffmore, not STUN");
+        let mut raw = Vec::new();
+        c.take_raw_into(&mut raw);
+        assert_eq!(raw, b"\xffmore, not STUN");
+        // Appended after bytes still waiting for the peer.
+        feed(&mut c, &mut cl, b" again");
+        c.take_raw_into(&mut raw);
+        assert_eq!(raw, b"\xffmore, not STUN again");
         c.send(t, b"from the peer").unwrap();
         if tls {
             to_client(&mut c, &mut cl, t);

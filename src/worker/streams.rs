@@ -209,7 +209,7 @@ fn token(id: StreamId) -> u32 {
     STREAM_TOKEN | id.0
 }
 
-fn stream_of(token: u32) -> Option<StreamId> {
+pub(super) fn stream_of(token: u32) -> Option<StreamId> {
     (token & STREAM_TOKEN != 0).then_some(StreamId(token & !STREAM_TOKEN))
 }
 
@@ -563,8 +563,7 @@ impl RelayWorker {
         // TLS close_notify: what came before it is handled first, then the connection closes.
         let closing = c.conn.client_has_closed();
         if c.conn.is_spliced() {
-            let raw = c.conn.take_raw();
-            c.to_peer.extend_from_slice(&raw);
+            c.conn.take_raw_into(&mut c.to_peer);
             self.streams.clients.insert(id, c);
             self.push_to_peer(id, io);
             flush_client(&mut self.streams.clients, now, id, io);
@@ -625,10 +624,13 @@ impl RelayWorker {
                             }
                         }
                     }
-                    Via::Listener(_) => {
-                        let data = data.to_vec();
-                        self.route(now, &t, &data, io);
-                    }
+                    Via::Listener(_) => match t.payload {
+                        Payload::Output(len) => self.route_out(now, &t, len, io),
+                        Payload::Input(ref r) => {
+                            let d = frame.get(r.clone()).unwrap_or_default();
+                            self.route(now, &t, d, io);
+                        }
+                    },
                 }
             }
             let splice = self
@@ -844,7 +846,7 @@ impl RelayWorker {
             flush(now, conn, &mut c.conn, io);
             if c.draining {
                 if c.conn.pending_output().is_empty() {
-                    self.drained(conn, io);
+                    self.close_client(now, conn, CloseReason::ClosedByClient, io);
                 }
                 return;
             }
@@ -890,20 +892,10 @@ impl RelayWorker {
         c.conn.close();
         flush(now, client, &mut c.conn, io);
         if c.conn.pending_output().is_empty() {
-            self.drained(client, io);
+            self.close_client(now, client, CloseReason::ClosedByClient, io);
         } else {
             c.draining = true;
             io.stream_set_reading(client, false);
-        }
-    }
-
-    /// A draining client (see [`Client::draining`]) has nothing left in the worker: the driver
-    /// writes out its queue and closes.
-    fn drained<I: Io>(&mut self, client: StreamId, io: &mut I) {
-        if let Some(c) = self.streams.clients.remove(&client) {
-            self.streams.stats.closed_by_client += 1;
-            self.forget_client_counts(c.tuple.transport);
-            io.stream_close(client);
         }
     }
 
@@ -988,8 +980,7 @@ impl RelayWorker {
             let Payload::Output(len) = t.payload else {
                 continue;
             };
-            let data = self.out[..len].to_vec();
-            self.route(now, &t, &data, io);
+            self.route_out(now, &t, len, io);
         }
     }
 
@@ -998,6 +989,27 @@ impl RelayWorker {
         match t.via {
             Via::Listener(tok) => match stream_of(tok) {
                 Some(id) => self.send_to_client(now, id, data, io),
+                None => io.send(SockId(tok), t.to, data),
+            },
+            Via::Relay(h) => io.send(SockId(h), t.to, data),
+        }
+    }
+
+    /// [`Self::route`] for a transmit the server wrote into `self.out`, without copying it out
+    /// first.
+    pub(super) fn route_out<I: Io>(&mut self, now: Instant, t: &Transmit, len: usize, io: &mut I) {
+        let data = &self.out[..len.min(self.out.len())];
+        match t.via {
+            Via::Listener(tok) => match stream_of(tok) {
+                Some(id) => {
+                    let Some(c) = self.streams.clients.get_mut(&id) else {
+                        return;
+                    };
+                    if let Err(reason) = c.conn.send(now, data) {
+                        return self.close_client(now, id, reason, io);
+                    }
+                    flush(now, id, &mut c.conn, io);
+                }
                 None => io.send(SockId(tok), t.to, data),
             },
             Via::Relay(h) => io.send(SockId(h), t.to, data),

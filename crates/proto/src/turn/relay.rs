@@ -63,8 +63,9 @@ impl RelayId {
 }
 
 /// The TCP side of the relay (RFC 6062): listening on an allocation's relayed address,
-/// connecting to peers from it, and splicing data connections. Every call is an order the driver
-/// carries out later in the batch; none blocks. See the module docs of [`super`] for the whole
+/// connecting to peers from it, and splicing data connections. No call blocks: `listen`,
+/// `connect` and the closes start at once (outcomes come later), `splice` and `hand_off` are
+/// carried out once the server's call has returned. See the module docs of [`super`] for the whole
 /// contract, in particular which [`super::Server`] method reports each outcome.
 ///
 /// A driver without TCP relaying leaves [`RelaySockets::tcp`] at its default, and TCP
