@@ -36,22 +36,7 @@ const _: () = assert!(std::mem::size_of::<libc::cmsghdr>() == CMSG_HDR);
 /// Turns on `UDP_GRO` for a socket: the kernel may hand it coalesced datagrams with a
 /// `UDP_GRO` control message giving the segment size.
 pub fn enable_gro(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid fd, and a pointer to a c_int that lives for the call, with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    super::sock::set_int_opt(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
 /// Finds the `UDP_GRO` control message in `control` (the first `msg_controllen` bytes the

@@ -275,17 +275,9 @@ impl Worker {
         }
         if let Some(us) = self.busy_poll_us {
             // Best effort: without CAP_NET_ADMIN a value above net.core.busy_read is refused.
-            let v = us as libc::c_int;
-            // SAFETY: a valid fd and a pointer to a c_int that lives for the call.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_BUSY_POLL,
-                    (&v as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
+            let v = us.min(i32::MAX as u32) as libc::c_int;
+            let _ =
+                super::sock::set_int_opt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BUSY_POLL, v);
         }
         let local = sock.local_addr()?;
         let fd = OwnedFd::from(sock);

@@ -44,6 +44,30 @@ pub fn bind_udp_with(addr: SocketAddr, opts: UdpOptions) -> io::Result<UdpSocket
     Ok(sock.into())
 }
 
+/// Sets an integer socket option (`setsockopt` with a `c_int`).
+pub(crate) fn set_int_opt(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the caller's fd, and a pointer to a c_int that lives for the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let (level, name, value) = if v6 {
@@ -59,21 +83,7 @@ fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
             libc::IP_PMTUDISC_DO,
         )
     };
-    // SAFETY: a valid fd, and a pointer to a c_int that lives for the call with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_int_opt(sock.as_raw_fd(), level, name, value)
 }
 
 /// Receive and send buffer asked for listening sockets.
@@ -91,18 +101,8 @@ fn grow_buffers(sock: &Socket, bytes: usize) {
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        // SAFETY: a valid fd and a pointer to a c_int with its size, for the call only.
-        let set = |name| unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        };
-        if !set(force) {
-            set(plain);
+        if set_int_opt(fd, libc::SOL_SOCKET, force, value).is_err() {
+            let _ = set_int_opt(fd, libc::SOL_SOCKET, plain, value);
         }
     }
 }

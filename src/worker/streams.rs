@@ -19,7 +19,7 @@
 //! queue); its timers close handshakes, partial messages and idle or stalled connections (a
 //! sweep every [`SWEEP`]); a peer data connection waiting for its ConnectionBind is not read.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -34,6 +34,10 @@ use uturn_proto::turn::{
 use super::{open_error, Bridge, RelayWorker};
 use crate::driver::{Io, ListenOptions, SockId, StreamEvent, StreamId};
 use crate::stream_conn::{CloseReason, StreamConn, StreamLimits};
+
+/// Every stream event looks its connection up here: ahash (as the TURN core uses) rather than
+/// SipHash; the keys are this worker's own ids, not attacker-chosen.
+type HashMap<K, V> = StdHashMap<K, V, std::hash::BuildHasherDefault<ahash::AHasher>>;
 
 /// Set in the server-side token of a client connection: `STREAM_TOKEN | StreamId`. UDP
 /// listening sockets are small [`SockId`]s, so the two never meet.
