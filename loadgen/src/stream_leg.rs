@@ -529,7 +529,21 @@ fn until_event(
                 })
             }
             Ok(n) => framer.push(&buf[..n]),
-            Err(_) => {} // timeout: the client's timers decide
+            // A timeout: the client's timers decide.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                return Err(PreflightError::Other {
+                    server,
+                    what: "read",
+                    reason: e.to_string(),
+                })
+            }
         }
         while let Some(f) = framer.next_frame() {
             let (Ok(Frame::Stun(m)) | Ok(Frame::ChannelData(m))) = f else {
