@@ -262,7 +262,7 @@ impl Handler for RelayWorker {
                     worker: self.id,
                     stats: self.server.stats().clone(),
                     driver: *io.counters(),
-                    tcp: self.streams.stats,
+                    tcp: self.streams.snapshot(),
                     streams: *io.stream_counters(),
                 });
             }

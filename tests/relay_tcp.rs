@@ -272,6 +272,9 @@ fn rfc6062_connect_and_peer_initiated(b: Backend) {
             .connection_bind(id)
             .expect("ConnectionBind");
         spliced_data_both_ways(&mut data, early, &mut p);
+        relay.wait_metrics("one data connection spliced", |m| {
+            m.sum("uturn_tcp_spliced_active", &[]) == 1.0
+        });
         // The peer hangs up: the data connection closes after the bytes before the FIN.
         p.write_all(b"bye").unwrap();
         drop(p);
@@ -327,6 +330,7 @@ fn rfc6062_connect_and_peer_initiated(b: Backend) {
         relay.wait_metrics("peer connections", |m| {
             m.sum("uturn_tcp_peer_connections_total", &[]) >= 2.0
                 && m.sum("uturn_tcp_peer_connections_active", &[]) == 0.0
+                && m.sum("uturn_tcp_spliced_active", &[]) == 0.0
                 && m.sum("uturn_allocations_active", &[]) == 0.0
         });
     }

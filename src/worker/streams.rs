@@ -84,7 +84,7 @@ pub struct HandOff {
 /// Connection counters of one worker, published with the snapshot.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TcpStats {
-    /// Client connections open now, TCP and TLS.
+    /// Client connections open now, TCP and TLS (counted from the table for each snapshot).
     pub clients_tcp: u64,
     pub clients_tls: u64,
     pub accepted_tcp: u64,
@@ -99,7 +99,8 @@ pub struct TcpStats {
     /// TLS handshakes completed (either version) and failed.
     pub tls_handshakes: u64,
     pub tls_failures: u64,
-    /// Data connections spliced now, and bytes copied between spliced connections.
+    /// Data connections spliced now (counted for each snapshot), and bytes copied between
+    /// spliced connections.
     pub spliced: u64,
     pub spliced_bytes: u64,
     /// Client data connections handed to (and taken from) another worker.
@@ -197,6 +198,20 @@ impl Streams {
             setup,
             ..Streams::default()
         }
+    }
+
+    /// The counters for a snapshot: those kept as events happen, and what is open now,
+    /// counted from the table (once a second; nothing to keep in step by hand).
+    pub(super) fn snapshot(&self) -> TcpStats {
+        let mut t = self.stats;
+        for c in self.clients.values() {
+            match c.tuple.transport {
+                Transport::Tls => t.clients_tls += 1,
+                _ => t.clients_tcp += 1,
+            }
+            t.spliced += u64::from(c.peer.is_some());
+        }
+        t
     }
 
     /// When the connections' timers need a look.
@@ -469,14 +484,8 @@ impl RelayWorker {
                 _ => StreamConn::plain(now, limits),
             };
             match transport {
-                Transport::Tls => {
-                    self.streams.stats.accepted_tls += 1;
-                    self.streams.stats.clients_tls += 1;
-                }
-                _ => {
-                    self.streams.stats.accepted_tcp += 1;
-                    self.streams.stats.clients_tcp += 1;
-                }
+                Transport::Tls => self.streams.stats.accepted_tls += 1,
+                _ => self.streams.stats.accepted_tcp += 1,
             }
             let tuple = FiveTuple {
                 client: peer,
@@ -677,7 +686,6 @@ impl RelayWorker {
         }
         io.stream_set_reading(id, c.to_peer.is_empty());
         io.stream_set_reading(peer, true);
-        self.streams.stats.spliced += 1;
         let _ = now;
     }
 
@@ -711,8 +719,6 @@ impl RelayWorker {
                 return Flow::Close(CloseReason::ClosedByClient);
             }
         };
-        // The connection is gone from this worker: take it out of the counts.
-        self.forget_client_counts(c.tuple.transport);
         let placeholder = Box::new(StreamConn::plain(now, self.streams.setup.limits));
         let conn = std::mem::replace(&mut c.conn, placeholder);
         let msg = HandOff {
@@ -754,10 +760,6 @@ impl RelayWorker {
                 }
             };
             self.streams.stats.taken_over += 1;
-            match tuple.transport {
-                Transport::Tls => self.streams.stats.clients_tls += 1,
-                _ => self.streams.stats.clients_tcp += 1,
-            }
             let mut c = Client {
                 conn,
                 tuple,
@@ -890,9 +892,7 @@ impl RelayWorker {
         let Some(c) = self.streams.clients.get_mut(&client) else {
             return;
         };
-        if c.peer.take().is_some() {
-            self.streams.stats.spliced = self.streams.stats.spliced.saturating_sub(1);
-        }
+        c.peer = None;
         c.conn.close();
         flush(now, client, &mut c.conn, io);
         if c.conn.pending_output().is_empty() {
@@ -930,10 +930,8 @@ impl RelayWorker {
                 s.tls_failures += 1;
             }
         }
-        self.forget_client_counts(c.tuple.transport);
         if let Some(peer) = c.peer {
             // A data connection: the peer side goes too, after what the client sent.
-            self.streams.stats.spliced = self.streams.stats.spliced.saturating_sub(1);
             if let Some(p) = self.streams.relay.peers.remove(&peer) {
                 self.streams.relay.by_id.remove(&p.id.0);
                 if !c.to_peer.is_empty() {
@@ -951,14 +949,6 @@ impl RelayWorker {
         flush(now, id, &mut c.conn, io);
         io.stream_close(id);
         self.carry_out_orders(now, io);
-    }
-
-    fn forget_client_counts(&mut self, transport: Transport) {
-        let s = &mut self.streams.stats;
-        match transport {
-            Transport::Tls => s.clients_tls = s.clients_tls.saturating_sub(1),
-            _ => s.clients_tcp = s.clients_tcp.saturating_sub(1),
-        }
     }
 
     /// The server's orders that could not be carried out inside its call.
