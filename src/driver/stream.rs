@@ -38,6 +38,10 @@ pub struct StreamId(pub u32);
 pub const LINGER: Duration = Duration::from_secs(2);
 
 /// Default output queue bound per connection.
+/// How long a listener waits before accepting again after an error (EMFILE: no descriptor
+/// left), rather than spinning on a connection it cannot take.
+pub(super) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub const DEFAULT_MAX_QUEUED: usize = 256 * 1024;
 
 /// Bytes read from one connection per batch before the others get their turn.
@@ -114,7 +118,10 @@ pub struct StreamCounters {
 /// The TCP half of a driver (see the [module documentation](self)). Nothing here blocks.
 pub trait StreamIo {
     /// Binds and listens on `addr`; accepted connections come as [`StreamEvent::Accepted`].
-    fn tcp_listen(&mut self, addr: SocketAddr, opts: ListenOptions) -> io::Result<StreamId>;
+    fn tcp_listen(&mut self, addr: SocketAddr, opts: ListenOptions) -> io::Result<StreamId> {
+        let l = listen_socket(addr, opts)?;
+        self.adopt_listener(l)
+    }
     /// Takes over a socket that is already listening (bound before the workers started, see
     /// [`bind_reuseport_tcp`]).
     fn adopt_listener(&mut self, listener: TcpListener) -> io::Result<StreamId>;

@@ -178,6 +178,32 @@ pub(super) struct RelayTcp {
     orders: Vec<Order>,
 }
 
+impl RelayTcp {
+    /// The server's order to splice client connection `tok`, taken out of the list.
+    fn take_splice(&mut self, tok: u32) -> Option<StreamId> {
+        let i = self
+            .orders
+            .iter()
+            .position(|o| matches!(o, Order::Splice { client, .. } if *client == tok))?;
+        match self.orders.remove(i) {
+            Order::Splice { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// The server's order to hand client connection `tok` to another worker: which one.
+    fn take_hand_off(&mut self, tok: u32) -> Option<u8> {
+        let i = self
+            .orders
+            .iter()
+            .position(|o| matches!(o, Order::HandOff { client, .. } if *client == tok))?;
+        match self.orders.remove(i) {
+            Order::HandOff { worker, .. } => Some(worker),
+            _ => None,
+        }
+    }
+}
+
 /// The TCP and TLS side of a worker.
 #[derive(Debug, Default)]
 pub(super) struct Streams {
@@ -609,16 +635,7 @@ impl RelayWorker {
                 self.server
                     .handle_client(n, tok, c.tuple, frame, &mut self.out[..], &mut bridge);
             // A ConnectionBind for another worker: the connection moves, request and all.
-            let hand_off = self
-                .streams
-                .relay
-                .orders
-                .iter()
-                .position(|o| matches!(o, Order::HandOff { client, .. } if *client == tok));
-            if let Some(i) = hand_off {
-                let Order::HandOff { worker, .. } = self.streams.relay.orders.remove(i) else {
-                    return Flow::Keep;
-                };
+            if let Some(worker) = self.streams.relay.take_hand_off(tok) {
                 let request = frame.to_vec();
                 return self.hand_off(now, id, c, request, worker, io);
             }
@@ -646,16 +663,7 @@ impl RelayWorker {
                     },
                 }
             }
-            let splice = self
-                .streams
-                .relay
-                .orders
-                .iter()
-                .position(|o| matches!(o, Order::Splice { client, .. } if *client == tok));
-            if let Some(i) = splice {
-                let Order::Splice { peer, .. } = self.streams.relay.orders.remove(i) else {
-                    return Flow::Keep;
-                };
+            if let Some(peer) = self.streams.relay.take_splice(tok) {
                 self.splice(now, id, c, peer, io);
                 return Flow::Keep;
             }
@@ -788,16 +796,8 @@ impl RelayWorker {
                     }
                 }
             }
-            let splice = self
-                .streams
-                .relay
-                .orders
-                .iter()
-                .position(|o| matches!(o, Order::Splice { client, .. } if *client == tok));
-            if let Some(i) = splice {
-                if let Order::Splice { peer, .. } = self.streams.relay.orders.remove(i) {
-                    self.splice(now, id, &mut c, peer, io);
-                }
+            if let Some(peer) = self.streams.relay.take_splice(tok) {
+                self.splice(now, id, &mut c, peer, io);
             } else if matches!(flow, Flow::Keep) {
                 // Not bound (the connection died meanwhile, or a bad request): go on reading
                 // TURN messages; the server answered the request already.

@@ -10,13 +10,12 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::super::sock::SockTable;
 use super::super::stream::{
-    addrs_of, connect_result, connect_socket, listen_socket, prepare_accepted, ListenOptions,
-    OutQueue, StreamCounters, StreamEvent, StreamId, StreamIo, DEFAULT_MAX_QUEUED, LINGER,
-    READ_BUDGET,
+    addrs_of, connect_result, connect_socket, prepare_accepted, OutQueue, StreamCounters,
+    StreamEvent, StreamId, StreamIo, ACCEPT_RETRY, DEFAULT_MAX_QUEUED, LINGER, READ_BUDGET,
 };
 use super::super::{Handler, SockId};
 use super::{errno, Worker};
@@ -33,8 +32,6 @@ pub(super) fn stream_id(data: u64) -> StreamId {
 const CHUNK: usize = 16 * 1024;
 /// Connections accepted per listener per batch.
 const ACCEPT_BUDGET: usize = 64;
-/// A listener whose accept failed (out of descriptors) waits this long before accepting again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 const LISTEN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLET) as u32;
 const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
@@ -556,11 +553,6 @@ impl Worker {
 }
 
 impl StreamIo for Worker {
-    fn tcp_listen(&mut self, addr: SocketAddr, opts: ListenOptions) -> io::Result<StreamId> {
-        let l = listen_socket(addr, opts)?;
-        self.adopt_listener(l)
-    }
-
     fn adopt_listener(&mut self, listener: TcpListener) -> io::Result<StreamId> {
         listener.set_nonblocking(true)?;
         let s = PStream {

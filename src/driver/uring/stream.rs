@@ -26,8 +26,8 @@ use io_uring::{cqueue, opcode, squeue};
 
 use super::super::sock::SockTable;
 use super::super::stream::{
-    addrs_of, connect_result, connect_socket, listen_socket, prepare_accepted, ListenOptions,
-    OutQueue, StreamCounters, StreamEvent, StreamId, StreamIo, DEFAULT_MAX_QUEUED, LINGER,
+    addrs_of, connect_result, connect_socket, prepare_accepted, OutQueue, StreamCounters,
+    StreamEvent, StreamId, StreamIo, ACCEPT_RETRY, DEFAULT_MAX_QUEUED, LINGER,
 };
 use super::super::{Handler, RecvPacket, BUF_SIZE};
 use super::{Cqe, Packet, Worker, BGID, RECV_LEN, UD_KIND_MASK, UD_KIND_SHIFT};
@@ -39,10 +39,6 @@ const UD_S_RECV: u64 = 0x11 << UD_KIND_SHIFT;
 const UD_S_SEND: u64 = 0x12 << UD_KIND_SHIFT;
 const UD_S_POLL: u64 = 0x13 << UD_KIND_SHIFT;
 const UD_S_CANCEL: u64 = 0x14 << UD_KIND_SHIFT;
-
-/// A listener whose accept failed (out of descriptors) waits this long before accepting again,
-/// instead of spinning on the error.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 enum Kind {
@@ -699,11 +695,6 @@ impl Worker {
 }
 
 impl StreamIo for Worker {
-    fn tcp_listen(&mut self, addr: SocketAddr, opts: ListenOptions) -> io::Result<StreamId> {
-        let l = listen_socket(addr, opts)?;
-        self.adopt_listener(l)
-    }
-
     fn adopt_listener(&mut self, listener: TcpListener) -> io::Result<StreamId> {
         listener.set_nonblocking(true)?;
         let id = self.adopt_stream(UStream {
