@@ -425,18 +425,7 @@ impl TurnClient {
     /// Requests an allocation (RFC 8656 section 7.1). The first one goes without credentials; the
     /// server's 401 is answered automatically.
     pub fn allocate(&mut self, now: Instant, family: RelayFamily) -> Result<(), ClientError> {
-        if self.allocation != AllocationState::None {
-            return Err(ClientError::AllocationExists);
-        }
-        let lifetime = self.config.lifetime.map(secs);
-        let request = Request::Allocate {
-            family,
-            lifetime,
-            tcp: false,
-        };
-        self.start(now, request, self.signed())?;
-        self.allocation = AllocationState::Requested;
-        Ok(())
+        self.request_allocation(now, family, false)
     }
 
     /// Requests a TCP allocation (RFC 6062 section 4.1): the relayed address is a TCP listening
@@ -446,6 +435,15 @@ impl TurnClient {
         if !self.config.transport.is_reliable() {
             return Err(ClientError::NeedsStream);
         }
+        self.request_allocation(now, family, true)
+    }
+
+    fn request_allocation(
+        &mut self,
+        now: Instant,
+        family: RelayFamily,
+        tcp: bool,
+    ) -> Result<(), ClientError> {
         if self.allocation != AllocationState::None {
             return Err(ClientError::AllocationExists);
         }
@@ -453,7 +451,7 @@ impl TurnClient {
         let request = Request::Allocate {
             family,
             lifetime,
-            tcp: true,
+            tcp,
         };
         self.start(now, request, self.signed())?;
         self.allocation = AllocationState::Requested;
